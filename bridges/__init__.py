@@ -1,0 +1,1 @@
+"""Evidence → language: the text bridge and learnable bridges into a language model."""

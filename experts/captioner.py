@@ -1,0 +1,108 @@
+"""Image captioning with transformers image-to-text models (BLIP, GIT, BLIP-2, Florence-2 …).
+
+Weights: a hub id (``"Salesforce/blip-image-captioning-base"``) or a local
+directory saved with ``save_pretrained``. ``trust_remote_code`` stays off unless
+you turn it on.
+
+>>> cap = create_expert("captioner", weights="Salesforce/blip-image-captioning-base")  # doctest: +SKIP
+>>> cap("bus.jpg").text                                                                # doctest: +SKIP
+'a blue bus parked on the side of the road'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from experts.base import Expert
+from experts.errors import ConfigError
+from experts.evidence import Caption
+from experts.registry import register_expert
+from experts.weights import missing_weights_as_error
+
+
+@register_expert
+class Captioner(Expert):
+    """Batched captions → :class:`Caption` (text + mean token log-probability)."""
+
+    name = "captioner"
+    evidence_type = Caption
+    offline_hint = "Save the model and processor with save_pretrained() to a directory and pass weights=DIR."
+
+    def __init__(
+        self,
+        *,
+        weights: str | None = "Salesforce/blip-image-captioning-base",
+        prompt: str | None = None,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        trust_remote_code: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if weights is None:
+            raise ConfigError("captioner needs weights: a hub id or a local save_pretrained directory")
+        if max_new_tokens < 1 or num_beams < 1:
+            raise ConfigError("captioner: max_new_tokens and num_beams must be >= 1")
+        super().__init__(weights=weights, **kwargs)
+        self.prompt, self.max_new_tokens, self.num_beams, self.do_sample = prompt, max_new_tokens, num_beams, do_sample
+        self.trust_remote_code = trust_remote_code
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+        }
+
+    def _load(self):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        opts = {"local_files_only": self.offline, "trust_remote_code": self.trust_remote_code}
+        with missing_weights_as_error(self.weights, expert=self.name, hint=self.offline_hint):
+            self._processor = AutoProcessor.from_pretrained(self.weights.value, **opts)
+            net = AutoModelForImageTextToText.from_pretrained(self.weights.value, **opts)
+        return net.eval().requires_grad_(False).to(self.device)
+
+    @property
+    def processor(self):
+        _ = self.model
+        return self._processor
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Caption]:
+        net, proc = self.model, self.processor
+        text = [self.prompt] * len(images) if self.prompt else None
+        inputs = proc(images=list(images), text=text, return_tensors="pt").to(self.device)
+        out = net.generate(
+            **inputs,
+            max_new_tokens=self.max_new_tokens,
+            num_beams=self.num_beams,
+            do_sample=self.do_sample,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        texts = proc.batch_decode(out.sequences, skip_special_tokens=True)
+        scores = _mean_logprob(net, out) if self.num_beams == 1 else [None] * len(texts)
+        captions = []
+        for caption, score in zip(texts, scores):
+            caption = caption.strip()
+            if self.prompt and caption.lower().startswith(self.prompt.lower()):
+                caption = caption[len(self.prompt) :].strip()  # BLIP and GIT echo a conditional prompt
+            captions.append(Caption(caption, score))
+        return captions
+
+
+def _mean_logprob(net, out) -> list[float | None]:
+    """Mean log-probability of the generated tokens (a rough confidence), per sequence."""
+    try:
+        steps = net.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    except Exception:  # noqa: BLE001 - confidence is optional; some models cannot report it
+        return [None] * out.sequences.shape[0]
+    finite = torch.where(torch.isfinite(steps), steps, torch.zeros_like(steps))
+    counts = torch.isfinite(steps).sum(-1).clamp(min=1)
+    return [float(x) for x in finite.sum(-1) / counts]

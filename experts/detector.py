@@ -1,0 +1,118 @@
+"""Object detection with Ultralytics YOLO.
+
+Any checkpoint or export that ``ultralytics.YOLO`` loads works: ``.pt``, ONNX,
+TFLite (needs ``ai-edge-litert``), OpenVINO, TensorRT, or a tag such as
+``yolov8n.pt`` that Ultralytics downloads when online.
+
+>>> det = create_expert("yolo", weights="yolov8n_int8.tflite", conf=0.3)  # doctest: +SKIP
+>>> det("bus.jpg").count("person")                                       # doctest: +SKIP
+4
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from experts.base import Expert
+from experts.errors import ConfigError
+from experts.evidence import Detection, Detections
+from experts.registry import register_expert
+from experts.weights import missing_weights_as_error
+
+
+@register_expert
+class YoloDetector(Expert):
+    """YOLO detector → :class:`Detections` (pixel xyxy boxes, labels, scores).
+
+    ``classes`` keeps only those classes (names like ``"person"`` or integer ids).
+    """
+
+    name = "yolo"
+    evidence_type = Detections
+    offline_hint = (
+        "Put a YOLO checkpoint or export (e.g. yolov8n.pt or yolov8n_int8.tflite) on disk and pass weights=PATH."
+    )
+
+    def __init__(
+        self,
+        *,
+        weights: str | None = "yolov8n.pt",
+        conf: float = 0.25,
+        iou: float = 0.45,
+        classes: Sequence[str | int] | None = None,
+        imgsz: int = 640,
+        max_det: int = 300,
+        **kwargs: Any,
+    ) -> None:
+        if weights is None:
+            raise ConfigError("yolo needs weights: a checkpoint path, an export, or an Ultralytics tag")
+        if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
+            raise ConfigError(f"yolo: conf and iou must lie in [0, 1], got conf={conf}, iou={iou}")
+        super().__init__(weights=weights, **kwargs)
+        self.conf, self.iou, self.imgsz, self.max_det = conf, iou, imgsz, max_det
+        self.classes = list(classes) if classes is not None else None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "conf": self.conf,
+            "iou": self.iou,
+            "imgsz": self.imgsz,
+            "max_det": self.max_det,
+            "classes": self.classes,
+        }
+
+    def _load(self):
+        if self.offline:
+            # Ultralytics otherwise tries to pip-install missing backends and fetch fonts.
+            os.environ["YOLO_OFFLINE"] = "1"
+        from ultralytics import YOLO
+
+        with missing_weights_as_error(self.weights, expert=self.name, hint=self.offline_hint):
+            return YOLO(self.weights.value, task="detect")
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Class index → label, as stored in the checkpoint."""
+        return dict(self.model.names)
+
+    def _class_ids(self) -> list[int] | None:
+        if self.classes is None:
+            return None
+        by_name = {label: idx for idx, label in self.names.items()}
+        ids = []
+        for c in self.classes:
+            if isinstance(c, int) and c in self.names:
+                ids.append(c)
+            elif isinstance(c, str) and c in by_name:
+                ids.append(by_name[c])
+            else:
+                raise ConfigError(f"yolo: unknown class {c!r}; this model knows {sorted(by_name)}")
+        return ids
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Detections]:
+        device = "cpu" if self.device.type == "cpu" else str(self.device.index or 0)
+        results = self.model.predict(
+            list(images),  # PIL images are taken as RGB; numpy arrays would be taken as BGR
+            conf=self.conf,
+            iou=self.iou,
+            imgsz=self.imgsz,
+            max_det=self.max_det,
+            classes=self._class_ids(),
+            device=device,
+            batch=len(images),
+            verbose=False,
+        )
+        names = self.names
+        out = []
+        for img, res in zip(images, results):
+            boxes = res.boxes
+            rows = zip(boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist())
+            items = [Detection(tuple(map(float, xyxy)), names[int(c)], float(s), int(c)) for xyxy, c, s in rows]
+            items.sort(key=lambda d: -d.score)
+            out.append(Detections(img.size, tuple(items)))
+        return out

@@ -1,0 +1,124 @@
+"""DINOv2 through ``torch.hub``: CLS features, optionally patch tokens.
+
+The hub repo is ``facebookresearch/dinov2`` (fetched by torch.hub when online)
+or a local directory holding a clone of it (anything with a ``hubconf.py``
+exposing ``dinov2_vits14`` & co.). Weights: ``"pretrained"`` (the repo's own
+download), a local checkpoint file (loaded with ``weights_only=True``), or
+``None`` for random init.
+
+>>> dino = create_expert("dinov2", arch="dinov2_vits14", repo="/models/dinov2",
+...                      weights="/models/dinov2_vits14_pretrain.pth")  # doctest: +SKIP
+>>> dino("bus.jpg").dim                                                 # doctest: +SKIP
+384
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from experts.base import FeatureExpert
+from experts.checkpoints import apply_state_dict, read_state_dict
+from experts.errors import ConfigError, WeightsNotFoundError
+from experts.evidence import Features
+from experts.registry import register_expert
+from experts.weights import missing_weights_as_error
+
+OFFICIAL_REPO = "facebookresearch/dinov2"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@register_expert
+class Dinov2Expert(FeatureExpert):
+    """DINOv2 ViT: normalized CLS token features; ``patches=True`` also returns patch tokens."""
+
+    name = "dinov2"
+    offline_hint = (
+        "Clone facebookresearch/dinov2 and pass repo=DIR, and put the checkpoint "
+        "(e.g. dinov2_vits14_pretrain.pth) on disk and pass weights=PATH."
+    )
+
+    def __init__(
+        self,
+        *,
+        arch: str = "dinov2_vits14",
+        weights: str | None = "pretrained",
+        repo: str = OFFICIAL_REPO,
+        patches: bool = False,
+        image_size: int = 224,
+        trust_repo: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if image_size % 14:
+            raise ConfigError(f"dinov2: image_size must be a multiple of the patch size 14, got {image_size}")
+        self.arch, self.repo, self.patches, self.image_size = arch, repo, patches, image_size
+        self.trust_repo = trust_repo or repo.split(":")[0] == OFFICIAL_REPO
+        super().__init__(weights=weights, **kwargs)
+        self._transform = transforms.Compose(
+            [
+                transforms.Resize(image_size * 256 // 224, interpolation=transforms.InterpolationMode.BICUBIC),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**super().config, "arch": self.arch, "image_size": self.image_size, "patches": self.patches}
+
+    @property
+    def transform(self):
+        return self._transform
+
+    def _hub_source(self) -> tuple[str, str]:
+        local = Path(self.repo).expanduser()
+        if local.is_dir():
+            if not (local / "hubconf.py").is_file():
+                raise ConfigError(f"dinov2: {local} has no hubconf.py; pass a clone of {OFFICIAL_REPO}")
+            return str(local), "local"
+        if self.offline:
+            owner_repo, _, ref = self.repo.partition(":")
+            cached = Path(torch.hub.get_dir()) / f"{owner_repo.replace('/', '_')}_{ref or 'main'}"
+            if cached.is_dir():
+                return str(cached), "local"
+            raise WeightsNotFoundError(
+                f"dinov2: hub repo {self.repo!r} is not cached at {cached} and offline mode is on. {self.offline_hint}"
+            )
+        return self.repo, "github"
+
+    def _load(self) -> torch.nn.Module:
+        repo, source = self._hub_source()
+        ref = self.weights
+        with missing_weights_as_error(ref, expert=self.name, hint=self.offline_hint):
+            extra = {"trust_repo": self.trust_repo} if source == "github" else {}
+            net = torch.hub.load(repo, self.arch, source=source, pretrained=ref.kind == "tag", **extra)
+        if ref.kind == "path":
+            apply_state_dict(net, read_state_dict(ref.path))
+        return net.eval().requires_grad_(False).to(self.device)
+
+    def _tokens(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.forward_features(batch)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._tokens(batch)["x_norm_clstoken"]
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Features]:
+        if not self.patches:
+            return super().predict(images)
+        with torch.inference_mode():
+            tokens = self._tokens(self.preprocess(images))
+            cls = tokens["x_norm_clstoken"].float()
+            if self.normalize:
+                cls = torch.nn.functional.normalize(cls, dim=-1)
+            patches = tokens["x_norm_patchtokens"].float().cpu().numpy()
+        return [
+            Features(np.ascontiguousarray(c), self.normalize, np.ascontiguousarray(p))
+            for c, p in zip(cls.cpu().numpy(), patches)
+        ]

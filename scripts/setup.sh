@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create .venv and install expertbridge with its test extras. Idempotent; safe to re-run.
+#
+# torch and torchvision are pinned to the pair that is available on the build
+# machines (and on PyPI); pip resolves them from a local wheel when one exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_PAIR=${TORCH_PAIR:-"torch==2.14.1 torchvision==0.29.1"}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+python -m pip install --quiet --upgrade pip
+# Torch first, pinned, so nothing later pulls a different (multi-GB) build.
+python -m pip install --quiet $TORCH_PAIR
+python -m pip install --quiet -e ".[test]"
+python - <<'PY'
+import torch, torchvision, experts
+print(f"expertbridge ready: torch {torch.__version__}, torchvision {torchvision.__version__}, "
+      f"experts: {', '.join(experts.list_experts())}")
+PY

@@ -1,0 +1,68 @@
+"""The `expertbridge` command line: per-item results, JSONL output, drawn boxes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from workflows.cli import app
+
+runner = CliRunner()
+
+
+def test_experts_lists_the_registry():
+    result = runner.invoke(app, ["experts"])
+    assert result.exit_code == 0
+    for name in ("yolo", "clip", "dinov2", "timm", "captioner", "dense_captioner"):
+        assert name in result.output
+
+
+def test_run_writes_jsonl_and_drawings_and_reports_bad_items(tmp_path, bus_jpg, yolo_weights):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(bus_jpg, photos / "bus.jpg")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "out" / "dets.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "yolo",
+            str(photos),
+            str(tmp_path / "missing.png"),
+            "--weights",
+            str(yolo_weights),
+            "--out",
+            str(out),
+            "--draw",
+            str(tmp_path / "drawn"),
+            "--set",
+            "conf=0.5",
+            "--device",
+            "cpu",
+        ],
+        env={"EXPERTBRIDGE_OFFLINE": "1"},
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["broken.jpg", "bus.jpg", "missing.png"]
+    assert rows[0]["reason"] == "truncated" or rows[0]["reason"] == "not_an_image"
+    assert rows[2]["reason"] == "missing"
+    labels = [d["label"] for d in rows[1]["evidence"]["items"]]
+    assert labels.count("person") == 3 and "bus" in labels  # conf=0.5 drops the weak edge person
+    assert Image.open(tmp_path / "drawn" / "bus_yolo.png").size == (810, 1080)
+    assert "1 ok, 2 failed" in result.output
+
+
+def test_missing_weights_exit_with_a_clear_message(tmp_path, bus_jpg):
+    result = runner.invoke(app, ["run", "yolo", str(bus_jpg), "--weights", str(tmp_path / "nope.tflite")])
+    assert result.exit_code == 2
+    assert "weights file not found" in result.output and "nope.tflite" in result.output
+
+
+def test_bad_option_syntax():
+    result = runner.invoke(app, ["run", "yolo", "x.jpg", "--set", "conf"])
+    assert result.exit_code != 0 and "key=value" in result.output

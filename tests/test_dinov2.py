@@ -1,0 +1,87 @@
+"""DINOv2 through torch.hub, from a local hub repo the test writes (real ViT-S/14 architecture, random weights)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from experts import ConfigError, WeightsNotFoundError, create_expert
+
+HUBCONF = textwrap.dedent(
+    '''
+    """A local stand-in for facebookresearch/dinov2: same ViT-S/14 (timm's port), same forward_features API."""
+    import timm
+    import torch
+
+    dependencies = ["torch", "timm"]
+
+
+    class _Dinov2(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224)
+
+        def forward_features(self, x):
+            tokens = self.vit.forward_features(x)  # final norm applied, like DINOv2's x_norm_*
+            n = self.vit.num_prefix_tokens
+            return {"x_norm_clstoken": tokens[:, 0], "x_norm_patchtokens": tokens[:, n:]}
+
+        def forward(self, x):
+            return self.forward_features(x)["x_norm_clstoken"]
+
+
+    def dinov2_vits14(pretrained=True, **kwargs):
+        if pretrained:
+            raise RuntimeError("this test repo has no pretrained weights to download")
+        torch.manual_seed(0)
+        return _Dinov2()
+    '''
+)
+
+
+@pytest.fixture(scope="module")
+def hub_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("dinov2_repo")
+    (repo / "hubconf.py").write_text(HUBCONF)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def dino(hub_repo):
+    return create_expert("dinov2", repo=str(hub_repo), weights=None, patches=True, device="cpu", offline=True).load()
+
+
+def test_cls_and_patch_features(dino, bus_jpg, zidane_jpg):
+    results = dino.run([bus_jpg, zidane_jpg])
+    for r in results:
+        f = r.evidence
+        assert f.dim == 384 and f.patches.shape == (256, 384)  # 224/14 = 16 → 16x16 patches
+        assert np.linalg.norm(f.vector) == pytest.approx(1.0, abs=1e-5)
+    assert not np.allclose(results[0].evidence.vector, results[1].evidence.vector)
+    np.testing.assert_allclose(dino(bus_jpg).vector, results[0].evidence.vector, atol=1e-5)
+
+
+def test_local_checkpoint_loads_with_weights_only(dino, hub_repo, tmp_path, bus_jpg):
+    torch.save(dino.model.state_dict(), tmp_path / "dinov2_vits14_pretrain.pth")
+    other = create_expert(
+        "dinov2", repo=str(hub_repo), weights=str(tmp_path / "dinov2_vits14_pretrain.pth"), device="cpu", offline=True
+    )
+    np.testing.assert_allclose(other(bus_jpg).vector, dino(bus_jpg).vector, atol=1e-6)
+    assert other(bus_jpg).patches is None  # patches only when asked for
+
+
+def test_uncached_github_repo_offline_says_what_to_clone(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    dino = create_expert("dinov2", weights=None, device="cpu", offline=True)
+    with pytest.raises(WeightsNotFoundError, match="Clone facebookresearch/dinov2"):
+        dino.load()
+
+
+def test_bad_config(tmp_path):
+    with pytest.raises(ConfigError, match="multiple of the patch size"):
+        create_expert("dinov2", weights=None, image_size=225)
+    with pytest.raises(ConfigError, match="no hubconf.py"):
+        create_expert("dinov2", repo=str(tmp_path), weights=None).load()
