@@ -78,6 +78,9 @@ class Captioner(Expert):
         net, proc = self.model, self.processor
         text = [self.prompt] * len(images) if self.prompt else None
         inputs = proc(images=list(images), text=text, return_tensors="pt").to(self.device)
+        # BLIP and GIT echo a conditional prompt; the echo is what the tokenizer decodes the prompt to
+        # (BERT re-spaces punctuation: "of:" -> "of :"), so that is what gets stripped.
+        echoes = proc.batch_decode(inputs["input_ids"], skip_special_tokens=True) if self.prompt else None
         out = net.generate(
             **inputs,
             max_new_tokens=self.max_new_tokens,
@@ -87,22 +90,37 @@ class Captioner(Expert):
             return_dict_in_generate=True,
         )
         texts = proc.batch_decode(out.sequences, skip_special_tokens=True)
-        scores = _mean_logprob(net, out) if self.num_beams == 1 else [None] * len(texts)
+        pad_id = getattr(getattr(proc, "tokenizer", None), "pad_token_id", None)
+        scores = _mean_logprob(net, out, pad_id) if self.num_beams == 1 else [None] * len(texts)
         captions = []
-        for caption, score in zip(texts, scores):
+        for i, (caption, score) in enumerate(zip(texts, scores)):
             caption = caption.strip()
-            if self.prompt and caption.lower().startswith(self.prompt.lower()):
-                caption = caption[len(self.prompt) :].strip()  # BLIP and GIT echo a conditional prompt
+            if echoes is not None:
+                caption = _strip_echo(caption, (echoes[i].strip(), self.prompt.strip()))
             captions.append(Caption(caption, score))
         return captions
 
 
-def _mean_logprob(net, out) -> list[float | None]:
-    """Mean log-probability of the generated tokens (a rough confidence), per sequence."""
+def _strip_echo(caption: str, prefixes: Sequence[str]) -> str:
+    for prefix in prefixes:
+        if prefix and caption.lower().startswith(prefix.lower()):
+            return caption[len(prefix) :].strip()
+    return caption
+
+
+def _mean_logprob(net, out, pad_token_id: int | None) -> list[float | None]:
+    """Mean log-probability of the generated tokens (a rough confidence), per sequence.
+
+    Steps after a sequence's EOS are padding (the batch runs until its longest caption ends); they are
+    left out so a caption's score does not depend on its batch neighbours.
+    """
     try:
         steps = net.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
     except Exception:  # noqa: BLE001 - confidence is optional; some models cannot report it
         return [None] * out.sequences.shape[0]
-    finite = torch.where(torch.isfinite(steps), steps, torch.zeros_like(steps))
-    counts = torch.isfinite(steps).sum(-1).clamp(min=1)
+    valid = torch.isfinite(steps)
+    if pad_token_id is not None:
+        valid &= out.sequences[:, -steps.shape[-1] :] != pad_token_id
+    finite = torch.where(valid, steps, torch.zeros_like(steps))
+    counts = valid.sum(-1).clamp(min=1)
     return [float(x) for x in finite.sum(-1) / counts]

@@ -118,7 +118,9 @@ class DenseCaptioner(Expert):
         detections = self.detector.predict(images)
         regions = [self._regions(img, det.items) for img, det in zip(images, detections)]
         crops = [self._crop(img, d.xyxy) for img, regs in zip(images, regions) for d in regs]
-        captions = iter(self.captioner.predict(crops) if crops else [])
+        # Sixteen images can hold hundreds of boxes: caption the crops in the captioner's own batch size.
+        step = self.captioner.batch_size
+        captions = iter([c for i in range(0, len(crops), step) for c in self.captioner.predict(crops[i : i + step])])
         out = []
         for img, regs in zip(images, regions):
             items = tuple(RegionCaption(d.xyxy, next(captions).text, d.score, d.label) for d in regs)

@@ -60,6 +60,9 @@ class Dinov2Expert(FeatureExpert):
         self.arch, self.repo, self.patches, self.image_size = arch, repo, patches, image_size
         self.trust_repo = trust_repo or repo.split(":")[0] == OFFICIAL_REPO
         super().__init__(weights=weights, **kwargs)
+        if self.weights.kind == "tag" and self.weights.value != "pretrained":
+            # torch.hub's dinov2 entry points know one pretrained checkpoint per arch; any other tag is a typo
+            raise ConfigError(f"dinov2: unknown weights tag {self.weights.value!r}; use 'pretrained', a path or None")
         self._transform = transforms.Compose(
             [
                 transforms.Resize(image_size * 256 // 224, interpolation=transforms.InterpolationMode.BICUBIC),
