@@ -115,6 +115,8 @@ class Expert(ABC):
         self.allow_urls = allow_urls
         self._model: Any = None
         self._load_lock = threading.Lock()
+        #: ``{"name": ..., **kwargs}`` when made by :func:`~experts.registry.create_expert` (to rebuild it later)
+        self.spec: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ identity
 

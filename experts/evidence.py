@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -219,3 +220,29 @@ class Classification:
             str(data.get("source", "")),
             dict(data.get("extras", {})),
         )
+
+
+# --------------------------------------------------------------------------- array codec
+# The feature store holds arrays only. Features are stored as their float
+# vectors (with patch tokens as extra rows); every other evidence type as its
+# UTF-8 JSON bytes in a uint8 array. No pickle anywhere.
+
+
+def evidence_to_array(evidence) -> np.ndarray:
+    """Encode evidence for the feature store (see :func:`evidence_from_array`)."""
+    if isinstance(evidence, Features):
+        if evidence.patches is None:
+            return np.asarray(evidence.vector, dtype=np.float32)
+        return np.concatenate([evidence.vector[None, :], evidence.patches]).astype(np.float32)
+    blob = json.dumps(evidence.to_dict(), separators=(",", ":")).encode()
+    return np.frombuffer(blob, dtype=np.uint8).copy()
+
+
+def evidence_from_array(array: np.ndarray, *, normalized: bool = True):
+    """Decode what :func:`evidence_to_array` produced."""
+    if array.dtype == np.uint8:
+        return evidence_from_dict(json.loads(array.tobytes().decode()))
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 1:
+        return Features(array, normalized)
+    return Features(np.ascontiguousarray(array[0]), normalized, np.ascontiguousarray(array[1:]))

@@ -121,6 +121,26 @@ def sha256_file(path: str | Path) -> str:
     return hashlib.sha256(_read_file(Path(path))).hexdigest()
 
 
+def content_sha256(source: ImageSource, **kwargs) -> str:
+    """The content hash ``load_image(source).sha256`` would give, without decoding when possible.
+
+    Files and bytes are only hashed (fast: this is what makes a warm feature
+    store cheap); in-memory images and URLs are loaded. Raises :class:`ImageError`.
+    """
+    if isinstance(source, LoadedImage):
+        return source.sha256
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not source:
+            raise ImageError("<bytes>: empty file (0 bytes)", reason="empty", source="<bytes>")
+        return hashlib.sha256(bytes(source)).hexdigest()
+    if isinstance(source, (str, Path)) and not str(source).startswith(("http://", "https://")):
+        data = _read_file(Path(source))
+        if not data:
+            raise ImageError(f"{source}: empty file (0 bytes)", reason="empty", source=str(source))
+        return hashlib.sha256(data).hexdigest()
+    return load_image(source, **kwargs).sha256
+
+
 # --------------------------------------------------------------------------- sources
 
 

@@ -39,5 +39,10 @@ def get_expert_class(name: str) -> type:
 
 
 def create_expert(name: str, **kwargs: Any):
-    """Build a registered expert by name, e.g. ``create_expert("yolo", weights="yolov8n.pt", device="cpu")``."""
-    return get_expert_class(name)(**kwargs)
+    """Build a registered expert by name, e.g. ``create_expert("yolo", weights="yolov8n.pt", device="cpu")``.
+
+    The expert remembers how it was made (``expert.spec``), so a saved model can rebuild it.
+    """
+    expert = get_expert_class(name)(**kwargs)
+    expert.spec = {"name": name, **kwargs}
+    return expert

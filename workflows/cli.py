@@ -29,10 +29,12 @@ from experts import (
 )
 from experts.drawing import draw_boxes
 from experts.images import load_image
+from workflows.commands import fewshot as fewshot_commands  # noqa: E402
 from workflows.inputs import expand_inputs
 from workflows.settings import Settings
 
 app = typer.Typer(help="Bridge expert vision models and language models.", no_args_is_help=True, add_completion=False)
+app.add_typer(fewshot_commands.app, name="fewshot")
 console = Console(stderr=True)
 
 
@@ -48,14 +50,6 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key] = value
     return options
-
-
-def _default_kwargs(name: str, settings: Settings) -> dict[str, Any]:
-    if name == "yolo":
-        return {"weights": settings.yolo_weights}
-    if name == "timm":
-        return {"model": settings.encoder_model, "weights": settings.encoder_weights, "match": settings.encoder_match}
-    return {}
 
 
 def _summary(evidence: Any) -> str:
@@ -93,7 +87,7 @@ def run_cmd(
 ) -> None:
     """Run one expert over images; bad inputs are reported per item, the rest still run."""
     settings = Settings()
-    kwargs = {**settings.expert_defaults(), **_default_kwargs(expert, settings), **_parse_options(set_)}
+    kwargs = {**settings.expert_kwargs(expert), **_parse_options(set_)}
     if weights is not None:
         kwargs["weights"] = weights
     if device is not None:

