@@ -43,6 +43,12 @@ def create_expert(name: str, **kwargs: Any):
 
     The expert remembers how it was made (``expert.spec``), so a saved model can rebuild it.
     """
-    expert = get_expert_class(name)(**kwargs)
+    cls = get_expert_class(name)
+    try:
+        expert = cls(**kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ConfigError(f"expert {name!r}: {err}".replace("__init__() ", "")) from err
     expert.spec = {"name": name, **kwargs}
     return expert
