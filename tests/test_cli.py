@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from PIL import Image
 from typer.testing import CliRunner
@@ -66,3 +67,49 @@ def test_missing_weights_exit_with_a_clear_message(tmp_path, bus_jpg):
 def test_bad_option_syntax():
     result = runner.invoke(app, ["run", "yolo", "x.jpg", "--set", "conf"])
     assert result.exit_code != 0 and "key=value" in result.output
+
+
+def test_fewshot_eval_fit_predict_end_to_end(tmp_path, hymenoptera, monkeypatch):
+    """eval writes the report; fit saves a model; predict labels images and reports a broken one."""
+    monkeypatch.setenv("EXPERTBRIDGE_STORE_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("EXPERTBRIDGE_OFFLINE", "1")
+    report = tmp_path / "report"
+    res = runner.invoke(
+        app,
+        ["fewshot", "eval", str(hymenoptera), "--shots", "1,4", "--seeds", "1", "--methods", "cache,gda"]
+        + ["--augment-views", "1", "--report", str(report)],
+    )
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in report.iterdir()) == [
+        "accuracy_vs_shots.png",
+        "confusion_cache.png",
+        "confusion_gda.png",
+        "report.html",
+        "results.json",
+    ]
+    results = json.loads((report / "results.json").read_text())
+    assert {(r["method"], r["shots"]) for r in results["rows"]} == {
+        (m, k) for m in ("cache", "gda", "centroid") for k in (1, 4)
+    }
+    assert all(0.5 < r["accuracy"] <= 1.0 for r in results["rows"])
+    html = (report / "report.html").read_text()
+    assert "accuracy_vs_shots.png" in html and "centroid" in html
+
+    model = tmp_path / "model"
+    res = runner.invoke(
+        app, ["fewshot", "fit", str(hymenoptera), "--shots", "4", "--augment-views", "1"] + ["--out", str(model)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "test accuracy" in res.output and (model / "model.safetensors").is_file()
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    ant = sorted((hymenoptera / "val" / "ants").iterdir())[0]
+    (photos / "ant.jpg").write_bytes(ant.read_bytes())
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    preds_file = tmp_path / "preds.jsonl"
+    res = runner.invoke(app, ["fewshot", "predict", str(model), str(photos), "--out", str(preds_file)])
+    assert res.exit_code == 0, res.output
+    preds = {Path(p["source"]).name: p for p in map(json.loads, preds_file.read_text().splitlines())}
+    assert preds["ant.jpg"]["label"] == "ants"
+    assert preds["broken.jpg"]["label"] is None and "broken.jpg" in preds["broken.jpg"]["error"]

@@ -39,6 +39,12 @@ class LabelledImages:
         idx = list(indices)
         return LabelledImages(tuple(self.paths[i] for i in idx), tuple(self.labels[i] for i in idx), self.classnames)
 
+    def __add__(self, other: LabelledImages) -> LabelledImages:
+        """Both sets, e.g. real support plus generated images (the class lists must match)."""
+        if other.classnames != self.classnames:
+            raise ConfigError(f"cannot join sets with classes {self.classnames} and {other.classnames}")
+        return LabelledImages(self.paths + other.paths, self.labels + other.labels, self.classnames)
+
     def per_class(self) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = defaultdict(list)
         for i, lab in enumerate(self.labels):

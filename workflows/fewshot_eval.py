@@ -7,7 +7,7 @@ validation split; the test split is only scored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +55,7 @@ def run_sweep(
     store: FeatureStore | None = None,
     augment_views: int = 10,
     epochs: int = 20,
+    prompts: Mapping[str, Sequence[str]] | None = None,
     on_run: Callable[[dict], None] | None = None,
 ) -> SweepResult:
     """Fit and score every method for every shot count and seed."""
@@ -72,6 +73,7 @@ def run_sweep(
                     store=store,
                     augment_views=augment_views,
                     epochs=epochs,
+                    prompts=prompts,
                     seed=seed,
                 )
                 clf.fit(support, val)

@@ -24,6 +24,9 @@ console = Console(stderr=True)
 
 ExpertsOpt = Annotated[str, typer.Option(help="comma-separated feature experts (their weights come from settings)")]
 ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="add CLIP's zero-shot prior (needs CLIP weights)")]
+DescriptionsOpt = Annotated[
+    Path | None, typer.Option(help="class descriptions JSON (agents.descriptions) for CLIP's prior; needs --clip")
+]
 SplitFile = Annotated[Path | None, typer.Option(help="CoOp-style split JSON; DATA is then the image root")]
 
 
@@ -32,6 +35,14 @@ def _build(settings: Settings, experts: str, clip: bool):
     built = [create_expert(n, **settings.expert_kwargs(n)) for n in names if n != "clip"]
     clip_expert = create_expert("clip", **settings.expert_kwargs("clip")) if clip or "clip" in names else None
     return built, clip_expert
+
+
+def _prompts(path: Path | None):
+    if path is None:
+        return None
+    from agents.descriptions import ClassDescriptions
+
+    return ClassDescriptions.from_dict(json.loads(path.read_text())).as_prompts()
 
 
 def _splits(data: Path, split_file: Path | None):
@@ -52,6 +63,7 @@ def eval_cmd(
         "out/fewshot"
     ),
     split_file: SplitFile = None,
+    descriptions: DescriptionsOpt = None,
 ) -> None:
     """Accuracy vs shots for each method (and a nearest-centroid baseline), with an HTML/PNG report."""
     settings = Settings()
@@ -80,6 +92,7 @@ def eval_cmd(
                 store=store,
                 augment_views=augment_views,
                 epochs=epochs,
+                prompts=_prompts(descriptions),
                 on_run=advance,
             )
     except ExpertBridgeError as err:
@@ -108,6 +121,7 @@ def fit_cmd(
     clip: ClipOpt = False,
     augment_views: int = 10,
     split_file: SplitFile = None,
+    descriptions: DescriptionsOpt = None,
 ) -> None:
     """Fit on k shots per class, choose α/β on validation, report test accuracy, save (safetensors + JSON)."""
     settings = Settings()
@@ -120,6 +134,7 @@ def fit_cmd(
             method=method,
             augment_views=augment_views,
             store=DirectoryStore(settings.store_dir),
+            prompts=_prompts(descriptions),
             seed=seed,
             progress=True,
         )
