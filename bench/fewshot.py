@@ -21,16 +21,18 @@ Three parts, printed side by side:
 
     Features are random L2-normalized vectors (in real use they come from the store, so
     this times the cache head only). Both sides' logits are checked equal (allclose) first.
-    The ``scatter`` column is for information: the same logits with the one-hot matmul
-    replaced by ``index_add_`` over the labels (a cheaper algorithm, not framework cost).
+    The ``scatter`` column (1 branch only, to keep the run short) is for information: the
+    same logits with the one-hot matmul replaced by ``index_add_`` over the labels (a
+    cheaper algorithm, not framework cost).
 
-(b) a cold pass of real images (hymenoptera val) through ``run_through_store`` with the
-    real EfficientNet-Lite0 expert and a fresh ``DirectoryStore`` in a temp dir, then warm
-    passes over the same images: wall times, hits/misses and the speedup. The model is
-    loaded and warmed up on two *other* images (train split, no store) first, so "cold"
-    means an empty store, not a first-ever forward. Image files are read from disk on both
-    passes (likely from the OS page cache); the warm pass hashes them and reads ``.npy``
-    entries, it does not decode them.
+(b) cold passes of real images (hymenoptera val) through ``run_through_store`` with the
+    real EfficientNet-Lite0 expert, each on a fresh empty ``DirectoryStore`` in a temp dir
+    (``--cold-repeats``, median reported), then warm passes over the same images on the
+    last store: wall times, hits/misses and the speedup. The model is loaded and warmed up
+    on two *other* images (train split, no store) first, so "cold" means an empty store,
+    not a first-ever forward. Image files are read from disk on both passes (likely from
+    the OS page cache); the warm pass hashes them and reads ``.npy`` entries, it does not
+    decode them.
 
 (c) peak memory of building the 16k-key cache (1 branch) and predicting all queries,
     measured in a fresh subprocess (nothing else loaded: no model, no part (a) tensors):
@@ -42,9 +44,11 @@ Three parts, printed side by side:
     (torch's own allocator is invisible to it). The same is done for the plain-torch
     computation, for comparison.
 
-Timing: each path is warmed up with ``--warmup`` batches, then timed ``--repeats`` times
-(paths interleaved, order rotated each repeat); q/s is from the median time, ratios are
-medians of per-repeat ratios of back-to-back runs. Threads: torch's default. Seeds fixed.
+Timing (a): each path is warmed up with ``--warmup`` batches; then, ``--repeats`` times over
+all batches, each batch goes through every path back to back (order rotated per batch), one
+timed sample per path and batch. q/s is from the median per-batch time; ratios are medians
+of the per-batch paired ratios (robust to other processes sharing the CPU; the load average
+is printed). Threads: torch's default. Seeds fixed.
 """
 
 from __future__ import annotations
@@ -91,21 +95,6 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def time_paths(paths: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each path, one sample per repeat; paths interleaved, order rotated every repeat."""
-    names = list(paths)
-    samples: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for k in order:
-            samples[k].append(_timed(paths[k]))
-    return samples
-
-
-def paired_ratio(num: list[float], den: list[float]) -> float:
-    return statistics.median([a / b for a, b in zip(num, den)])
-
-
 def normalized(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=-1)
 
@@ -136,7 +125,7 @@ class Setting:
     queries: dict[str, torch.Tensor]  # branch → (Q, D_i), L2-normalized
     cache_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]
     plain_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]
-    scatter_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    scatter_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None  # only timed for 1 branch (time budget)
 
 
 def make_setting(two_branch: bool, args, seed: int) -> Setting:
@@ -177,7 +166,7 @@ def make_setting(two_branch: bool, args, seed: int) -> Setting:
 
     name = " + ".join(str(d) for d in dims.values())
     name = f"1 branch D={name}, sum, no prior" if not two_branch else f"2 branches D={name}, adaptive, prototype prior"
-    return Setting(name, cache, queries, cache_fn, plain_fn, scatter_fn)
+    return Setting(name, cache, queries, cache_fn, plain_fn, None if two_branch else scatter_fn)
 
 
 @dataclass
@@ -185,53 +174,67 @@ class ThroughputRow:
     setting: str
     keys: int
     queries: int
-    times: dict[str, list[float]]  # path → seconds per full pass over all queries, one per repeat
+    times: dict[str, list[float]]  # path → seconds per query, one sample per (repeat, batch)
     max_diff: dict[str, float]  # path → max |logits - cache logits| on the checked batches
 
     def qps(self, path: str) -> float:
-        return self.queries / statistics.median(self.times[path])
+        return 1.0 / statistics.median(self.times[path])
+
+    def ratios(self, path: str) -> list[float]:
+        """Per-sample time(cache) / time(path): both ran on the same batch, back to back."""
+        return [a / b for a, b in zip(self.times["cache"], self.times[path])]
 
     def ratio(self, path: str) -> float:
-        return paired_ratio(self.times["cache"], self.times[path])
+        return statistics.median(self.ratios(path))
+
+    def ratio_iqr(self, path: str) -> tuple[float, float]:
+        r = self.ratios(path)
+        if len(r) < 2:
+            return r[0], r[0]
+        q = statistics.quantiles(r, n=4, method="inclusive")
+        return q[0], q[2]
 
 
 def bench_setting(s: Setting, args) -> ThroughputRow:
     starts = list(range(0, args.queries, args.batch))
     batches = [{b: q[i : i + args.batch] for b, q in s.queries.items()} for i in starts]
-    fns = {"cache": s.cache_fn, "plain": s.plain_fn, "scatter": s.scatter_fn}
+    fns = {"cache": s.cache_fn, "plain": s.plain_fn} | ({"scatter": s.scatter_fn} if s.scatter_fn else {})
 
     # Same tensors, same logits: check the first and last batch of every path against the cache.
     diffs: dict[str, float] = {}
     with torch.no_grad():
-        for path in ("plain", "scatter"):
+        for path in list(fns)[1:]:
             worst = 0.0
             for batch in {0: batches[0], len(batches) - 1: batches[-1]}.values():
                 got, want = fns[path](batch), s.cache_fn(batch)
+                diff = float((got - want).abs().max())
                 if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
-                    diff = float((got - want).abs().max())
                     raise AssertionError(f"{s.name}: {path} logits differ from the cache's by {diff:.2e}")
-                worst = max(worst, float((got - want).abs().max()))
+                worst = max(worst, diff)
             diffs[path] = worst
 
-    def full_pass(fn: Callable) -> Callable[[], None]:
-        def run() -> None:
-            with torch.no_grad():  # as FewShotClassifier.logits
-                for batch in batches:
-                    fn(batch)
-
-        return run
-
-    with torch.no_grad():
         for fn in fns.values():
             for batch in (batches * args.warmup)[: args.warmup]:
                 fn(batch)
-    times = time_paths({k: full_pass(fn) for k, fn in fns.items()}, args.repeats)
+
+        # One sample = one batch through every path, back to back (order rotated each time), so CPU
+        # contention from other processes hits both sides of each paired ratio alike.
+        names = list(fns)
+        times: dict[str, list[float]] = {k: [] for k in names}
+        step = 0
+        for _ in range(args.repeats):
+            for batch in batches:
+                n = next(iter(batch.values())).shape[0]
+                order = names[step % len(names) :] + names[: step % len(names)]
+                for k in order:
+                    times[k].append(_timed(lambda fn=fns[k], batch=batch: fn(batch)) / n)
+                step += 1
     return ThroughputRow(s.name, args.shots * args.classes, args.queries, times, diffs)
 
 
 def print_throughput(rows: list[ThroughputRow], args) -> None:
-    head = ("setting", "cache q/s", "plain q/s", "cache/plain", "scatter q/s", "cache/scatter", "max |Δlogit|")
-    widths = (50, 10, 10, 11, 11, 13, 12)
+    head = ("setting", "cache q/s", "plain q/s", "cache/plain", "(IQR)", "scatter q/s", "cache/scatter", "max |Δlogit|")
+    widths = (50, 10, 10, 11, 9, 11, 13, 12)
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))
     print(line)
     print("-" * len(line))
@@ -241,14 +244,16 @@ def print_throughput(rows: list[ThroughputRow], args) -> None:
             f"{r.qps('cache'):.0f}",
             f"{r.qps('plain'):.0f}",
             f"{r.ratio('plain'):.3f}",
-            f"{r.qps('scatter'):.0f}",
-            f"{r.ratio('scatter'):.3f}",
+            "{:.2f}–{:.2f}".format(*r.ratio_iqr("plain")),
+            f"{r.qps('scatter'):.0f}" if "scatter" in r.times else "-",
+            f"{r.ratio('scatter'):.3f}" if "scatter" in r.times else "-",
             f"{max(r.max_diff.values()):.1e}",
         )
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
     print(
-        f"  ({rows[0].queries} queries × {rows[0].keys} keys in batches of {args.batch}; "
-        "cache/plain = time ratio, 1.0 = no framework overhead)"
+        f"  ({rows[0].queries} queries × {rows[0].keys} keys in batches of {args.batch}, {args.repeats} repeats; "
+        "q/s from the median per-batch time; cache/plain = median of per-batch paired time ratios, 1.0 = no "
+        "framework overhead, IQR = their interquartile range; scatter timed for 1 branch only)"
     )
 
 
@@ -259,8 +264,8 @@ def print_throughput(rows: list[ThroughputRow], args) -> None:
 class StoreResult:
     n_images: int
     load_s: float
-    cold_s: float
-    cold: Any  # StoreRun
+    cold_s: list[float]  # one per fresh store
+    cold: Any  # StoreRun of the first cold pass
     warm_s: list[float]
     warm: list[Any]
     entries: int
@@ -268,7 +273,7 @@ class StoreResult:
 
     @property
     def speedup(self) -> float:
-        return self.cold_s / statistics.median(self.warm_s)
+        return statistics.median(self.cold_s) / statistics.median(self.warm_s)
 
 
 def image_paths(folder: Path, n: int) -> list[str]:
@@ -284,7 +289,7 @@ def bench_store(args) -> StoreResult:
     from workflows.store_runner import feature_matrix, run_through_store
 
     paths = image_paths(args.data / "val", args.images)
-    others = [p for p in image_paths(args.data / "train", 2)] if (args.data / "train").is_dir() else paths[:2]
+    others = image_paths(args.data / "train", 2) if (args.data / "train").is_dir() else paths[:2]
 
     t0 = time.perf_counter()
     expert = create_expert(
@@ -294,14 +299,18 @@ def bench_store(args) -> StoreResult:
     expert.run(others)  # warm the model (first-forward costs), no store involved
 
     with tempfile.TemporaryDirectory(prefix="bench_fewshot_") as tmp:
-        store = DirectoryStore(Path(tmp) / "store")
-        gc.collect()
-        t0 = time.perf_counter()
-        cold_results, cold = run_through_store(expert, paths, store)
-        cold_s = time.perf_counter() - t0
-        if cold.hits != 0:
-            raise AssertionError(f"cold pass on a fresh store should miss everything, got {cold}")
-        cold_feats, cold_ok = feature_matrix(cold_results)
+        cold_s, colds = [], []
+        for i in range(args.cold_repeats):
+            store = DirectoryStore(Path(tmp) / f"store{i}")  # fresh and empty every time
+            gc.collect()
+            t0 = time.perf_counter()
+            cold_results, cold = run_through_store(expert, paths, store)
+            cold_s.append(time.perf_counter() - t0)
+            colds.append(cold)
+            if cold.hits != 0:
+                raise AssertionError(f"cold pass on a fresh store should miss everything, got {cold}")
+            if i == 0:
+                cold_feats, cold_ok = feature_matrix(cold_results)
         stored = int(cold_ok.sum())
 
         warm_s, warm = [], []
@@ -317,23 +326,25 @@ def bench_store(args) -> StoreResult:
             if not (np.array_equal(ok, cold_ok) and np.allclose(feats, cold_feats, atol=1e-6)):
                 raise AssertionError("warm features differ from the cold pass's")
         entries, nbytes = len(store), store.nbytes()
-    return StoreResult(len(paths), load_s, cold_s, cold, warm_s, warm, entries, nbytes)
+    return StoreResult(len(paths), load_s, cold_s, colds[0], warm_s, warm, entries, nbytes)
 
 
 def print_store(r: StoreResult) -> None:
-    warm_med = statistics.median(r.warm_s)
+    warm_med, cold_med = statistics.median(r.warm_s), statistics.median(r.cold_s)
     w = r.warm[0]
     print(f"expert tf_efficientnet_lite0 (real weights) loaded in {r.load_s:.1f}s (not in either pass)")
     print(f"{'pass':<6}  {'wall s':>8}  {'ms/img':>8}  {'img/s':>8}  {'hits':>5}  {'misses':>6}  {'failed':>6}")
     print("-" * 58)
-    for name, secs, run in (("cold", r.cold_s, r.cold), ("warm", warm_med, w)):
+    for name, secs, run in (("cold", cold_med, r.cold), ("warm", warm_med, w)):
         print(
             f"{name:<6}  {secs:>8.3f}  {1000 * secs / r.n_images:>8.2f}  {r.n_images / secs:>8.1f}  "
             f"{run.hits:>5}  {run.misses:>6}  {run.failed:>6}"
         )
     print(
-        f"  warm = median of {len(r.warm_s)} passes ({', '.join(f'{s:.3f}' for s in r.warm_s)} s), every one all hits; "
-        f"features identical to the cold pass"
+        f"  cold = median of {len(r.cold_s)} passes, each on a fresh empty store "
+        f"({', '.join(f'{s:.3f}' for s in r.cold_s)} s), every one all misses;\n"
+        f"  warm = median of {len(r.warm_s)} passes on the last store "
+        f"({', '.join(f'{s:.3f}' for s in r.warm_s)} s), every one all hits, features identical to the cold pass's"
     )
     print(f"  store: {r.entries} entries, {r.nbytes / 1024:.0f} KiB on disk; speedup cold/warm = {r.speedup:.0f}×")
 
@@ -471,10 +482,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=1280, help="feature size of branch 1 (default 1280, EfficientNet-Lite0)")
     p.add_argument("--dim2", type=int, default=512, help="feature size of branch 2 (default 512)")
     p.add_argument("--batch", type=int, default=1000, help="queries per cache call (default 1000)")
-    p.add_argument("--repeats", type=int, default=None, help="timed passes per path, median reported (default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed passes over all batches per path (default 2)")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches per path first (default 2)")
     p.add_argument("--no-two-branch", action="store_true", help="skip the 2-branch adaptive setting")
     p.add_argument("--images", type=int, default=None, help="val images for the store passes, 0 = all (default all)")
+    p.add_argument("--cold-repeats", type=int, default=2, help="cold passes, each on a fresh store (default 2)")
     p.add_argument("--warm-repeats", type=int, default=3, help="warm store passes, median reported (default 3)")
     p.add_argument("--data", type=Path, default=DATA, help=f"ImageFolder root with val/ (and train/) (default {DATA})")
     p.add_argument("--skip", nargs="+", default=[], choices=("throughput", "store", "memory"), help="parts to skip")
@@ -482,14 +494,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--_memory-child", dest="memory_child", choices=("cache", "plain"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = {"queries": 2000, "classes": 100, "repeats": 1, "images": 24}
-    default = {"queries": 10000, "classes": 1000, "repeats": 3, "images": 0}
+    default = {"queries": 10000, "classes": 1000, "repeats": 2, "images": 0}
     for key in default:
         if getattr(args, key) is None:
             setattr(args, key, (quick if args.quick else default)[key])
     if min(args.queries, args.shots, args.classes, args.dim, args.dim2, args.batch, args.repeats) < 1:
         p.error("sizes and --repeats must be >= 1")
-    if args.warmup < 0 or args.warm_repeats < 1 or args.images < 0:
-        p.error("--warmup and --images must be >= 0, --warm-repeats >= 1")
+    if args.warmup < 0 or args.warm_repeats < 1 or args.cold_repeats < 1 or args.images < 0:
+        p.error("--warmup and --images must be >= 0, --cold-repeats and --warm-repeats >= 1")
     return args
 
 
@@ -505,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     print(
         f"expertbridge few-shot cache bench — CPU, torch {torch.__version__}, {torch.get_num_threads()} threads "
-        f"(default), repeats={args.repeats}, warmup={args.warmup} batches, seeds fixed"
+        f"(default), repeats={args.repeats}, warmup={args.warmup} batches, seeds fixed; "
+        f"load average {os.getloadavg()[0]:.2f} (1 min) at start"
     )
 
     rows: list[ThroughputRow] = []
@@ -533,13 +546,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         mem = bench_memory(args)
         print_memory(mem, args)
 
-    print(f"\ntotal {time.perf_counter() - t_start:.0f}s")
+    print(f"\ntotal {time.perf_counter() - t_start:.0f}s; load average {os.getloadavg()[0]:.2f} (1 min) at end")
     notes = []
     parts = []
     if rows:
         r = rows[0]
         parts.append(
-            f"cache predict {r.queries // 1000}k×{r.keys // 1000}k keys {r.qps('cache'):.0f} q/s "
+            f"cache predict {r.queries / 1000:g}k×{r.keys / 1000:g}k keys {r.qps('cache'):.0f} q/s "
             f"(matmul {r.qps('plain'):.0f} q/s, ratio {r.ratio('plain'):.2f})"
         )
         if len(rows) > 1:

@@ -43,7 +43,13 @@ FUSIONS = ("adaptive", "sum")
 
 def affinity(query: torch.Tensor, keys: torch.Tensor, beta: float) -> torch.Tensor:
     """``exp(-β (1 - q·kᵀ))``: ``(B, D) × (N, D) → (B, N)``; 1 for identical unit vectors."""
-    return torch.exp(-beta * (1.0 - query @ keys.T))
+    # In place on the fresh (B, N) product: three fewer temporaries of the largest tensor in predict.
+    return (query @ keys.T).sub_(1.0).mul_(beta).exp_()
+
+
+def label_sum(affinities: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``A · onehot(labels)`` without the one-hot matrix: each class sums its keys' affinities."""
+    return affinities.new_zeros(affinities.shape[0], num_classes).index_add_(1, labels, affinities)
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,6 @@ class AdaptiveCache(nn.Module):
             {name: nn.Parameter(nn.functional.normalize(k.float(), dim=-1).clone()) for name, k in keys.items()}
         )
         self.register_buffer("labels", labels.long().clone())
-        self.register_buffer("values", nn.functional.one_hot(labels.long(), num_classes).float())
         self.prior_names = list(prior_weights or {})
         for name, w in (prior_weights or {}).items():
             if w.shape != (keys[name].shape[1], num_classes):
@@ -115,7 +120,9 @@ class AdaptiveCache(nn.Module):
         missing = [n for n in self.names if n not in features]
         if missing:
             raise KeyError(f"features missing for branches {missing}")
-        return {n: affinity(features[n], self.keys_[n], beta) @ self.values for n in self.names}
+        return {
+            n: label_sum(affinity(features[n], self.keys_[n], beta), self.labels, self.num_classes) for n in self.names
+        }
 
     def combine(
         self,

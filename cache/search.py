@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cache.adapter import AdaptiveCache
+from cache.adapter import AdaptiveCache, label_sum
 from cache.gda import GDAHead
 
 DEFAULT_BETAS = tuple(float(b) for b in np.round(np.linspace(0.5, 12.0, 24), 3))
@@ -77,7 +77,9 @@ def search_alpha_beta(
     grid = np.zeros((len(betas), len(alphas)))
     loss = np.zeros_like(grid)
     for bi, beta in enumerate(betas):
-        branches = {n: torch.exp(-beta * (1.0 - cos)) @ cache.values for n, cos in cosines.items()}
+        branches = {
+            n: label_sum(torch.exp(-beta * (1.0 - cos)), cache.labels, cache.num_classes) for n, cos in cosines.items()
+        }
         for ai, alpha in enumerate(alphas):
             logits = cache.combine(prior, branches, alpha).logits
             grid[bi, ai] = accuracy(logits, labels)
