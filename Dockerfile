@@ -21,4 +21,4 @@ RUN pip install .
 VOLUME ["/weights", "/data"]
 RUN useradd --create-home app && mkdir -p /store && chown app /store
 USER app
-CMD ["celery", "-A", "workflows.celery_app", "worker", "--loglevel=INFO", "--concurrency=1"]
+CMD ["expertbridge", "worker", "--experts", "timm"]

@@ -29,12 +29,17 @@ from experts import (
 )
 from experts.drawing import draw_boxes
 from experts.images import load_image
+from workflows.commands import batch as batch_commands
 from workflows.commands import fewshot as fewshot_commands  # noqa: E402
+from workflows.commands.ask import ask_cmd
 from workflows.inputs import expand_inputs
 from workflows.settings import Settings
 
 app = typer.Typer(help="Bridge expert vision models and language models.", no_args_is_help=True, add_completion=False)
 app.add_typer(fewshot_commands.app, name="fewshot")
+app.add_typer(batch_commands.app, name="batch")
+app.command("worker")(batch_commands.worker_cmd)
+app.command("ask")(ask_cmd)
 console = Console(stderr=True)
 
 

@@ -69,3 +69,28 @@ class Settings(BaseSettings):
             "max_pixels": self.max_pixels,
             "allow_urls": self.allow_urls,
         }
+
+    # -- batch jobs and Celery workers (workflows/batch, workflows/celery_app.py) --------------------
+    batch_chunk_size: int = Field(16, ge=1, le=1024, description="images per queued task")
+    batch_store: str = Field("auto", description="feature store of batch jobs: auto (redis with a broker, else dir)")
+    batch_store_url: str | None = Field(None, description="Redis URL of the batch feature store; unset = the broker")
+    jobs_dir: Path = Field(
+        Path.home() / ".cache" / "expertbridge" / "jobs", description="job records of in-process (embedded) jobs"
+    )
+    job_ttl_days: int = Field(30, ge=1, description="days a job record is kept in Redis after its last write")
+    batch_max_deliveries: int = Field(3, ge=1, description="runs of one chunk before its items fail as worker_lost")
+    redis_retry_seconds: float = Field(60.0, ge=0, description="how long a task retries Redis while it is away")
+    expert_queues: dict[str, str] = Field(
+        default_factory=dict, description='expert → queue overrides, JSON: {"yolo": "gpu", "clip": "gpu"}'
+    )
+    broker_visibility_timeout: int | None = Field(
+        None, ge=1, description="seconds before an unacked task of a dead worker is redelivered; unset = derived"
+    )
+    worker_max_memory_per_child: int | None = Field(
+        None, ge=1, description="KiB of resident memory after which a worker process is replaced"
+    )
+    worker_experts: str | None = Field(None, description="experts a worker preloads (set by `expertbridge worker`)")
+    worker_threads: int | None = Field(None, ge=1, description="torch threads per worker process; unset = cores/c")
+    fault_injection_item_sleep: float = Field(
+        0.0, ge=0, description="TESTS ONLY: seconds each batch task sleeps per item before computing"
+    )

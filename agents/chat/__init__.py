@@ -1,0 +1,41 @@
+"""Chat models: one factory for local transformers LMs (with tool calling), OpenAI-compatible
+servers, Ollama, any ``init_chat_model`` provider, and a scripted fake for tests.
+
+======================  =====================================================================
+module                  what
+======================  =====================================================================
+``factory``             :func:`create_chat_model` and its spec grammar, :data:`DEFAULT_LOCAL_MODEL`
+``local``               :class:`LocalChatModel`: transformers causal LM (dir / hub id / GGUF)
+``scripted``            :class:`ScriptedChatModel`: deterministic replies and tool calls
+``toolcalls``           messages → chat-template dicts, the text tool prompt, parsing tool calls
+======================  =====================================================================
+
+    from agents.chat import create_chat_model
+    llm = create_chat_model("local")                          # SmolLM2-135M, offline
+    llm = create_chat_model("openai-compatible:http://localhost:8000/v1|Qwen/Qwen2.5-7B-Instruct")
+    llm = create_chat_model("ollama:llama3.2")
+    llm = create_chat_model("openai:gpt-4o-mini")             # via langchain's init_chat_model
+    reply = llm.bind_tools([detect_objects]).invoke("How many people are in the image?")
+    reply.tool_calls                                          # [{'name': 'detect_objects', ...}]
+"""
+
+from agents.chat.factory import DEFAULT_LOCAL_MODEL, create_chat_model
+from agents.chat.local import LocalChatModel, TemplateCapabilities, probe_template, resolve_local_model
+from agents.chat.scripted import ScriptedChatModel, ScriptExhaustedError
+from agents.chat.toolcalls import DEFAULT_TOOL_PROMPT, ParsedReply, parse_tool_calls, to_chat_dicts, to_prompt_dicts
+
+__all__ = [
+    "DEFAULT_LOCAL_MODEL",
+    "DEFAULT_TOOL_PROMPT",
+    "LocalChatModel",
+    "ParsedReply",
+    "ScriptExhaustedError",
+    "ScriptedChatModel",
+    "TemplateCapabilities",
+    "create_chat_model",
+    "parse_tool_calls",
+    "probe_template",
+    "resolve_local_model",
+    "to_chat_dicts",
+    "to_prompt_dicts",
+]

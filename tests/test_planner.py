@@ -1,0 +1,202 @@
+"""The CoT planner with a scripted chat model and the real detector: routing, validation, limits, traces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+
+from agents.chat_models import ScriptedChatModel
+from agents.planner import Planner, PlannerLimits, parse_answer
+from agents.rules import match_question
+from agents.tools import ExpertToolbox
+from agents.trace import Trace
+from agents.trace_html import trace_to_html
+from bridges.text import render
+
+FINAL = "Reasoning: the detector reported the people.\nAnswer: {n}\nEvidence: detect_objects"
+
+
+def call(name, **args):
+    return {"tool": name, "args": args}
+
+
+@pytest.fixture(scope="module")
+def people(yolo, bus_jpg):
+    """The detector's own person count on bus.jpg: every expectation below is derived from it."""
+    return yolo(bus_jpg).count("person")
+
+
+def tool_messages(model: ScriptedChatModel) -> list[ToolMessage]:
+    """The tool results the model was shown, in the order it saw them."""
+    return [m for m in model.calls[-1] if isinstance(m, ToolMessage)]
+
+
+def test_detector_call_is_routed_and_its_bridge_text_reaches_the_model(yolo, bus_jpg, people):
+    model = ScriptedChatModel(steps=[call("detect_objects", labels=["person"]), {"content": FINAL.format(n=people)}])
+    result = Planner(model, ExpertToolbox(detector=yolo)).run(str(bus_jpg), "How many people are in the image?")
+    assert result.answer == str(people)
+    assert result.rationale == "the detector reported the people."
+    assert result.evidence_used == ["detect_objects"]
+    assert [s.kind for s in result.trace.steps] == ["model", "tool", "model"]
+    tool = result.trace.steps[1]
+    assert tool.tool == "detect_objects" and tool.arguments == {"labels": ["person"]}
+    assert [d["label"] for d in tool.evidence["items"]] == ["person"] * people
+    seen = tool_messages(model)[0].content
+    assert seen == tool.output  # the trace holds exactly what the model read ...
+    from experts import evidence_from_dict
+
+    assert seen == render(evidence_from_dict(tool.evidence), max_tokens=300, threshold=0.25)  # ... the bridge text
+    assert f"person ×{people}" in seen
+
+
+def test_the_first_turn_must_call_a_tool(yolo, bus_jpg, people):
+    model = ScriptedChatModel(steps=[call("detect_objects"), {"content": FINAL.format(n=people)}])
+    Planner(model, ExpertToolbox(detector=yolo)).run(str(bus_jpg), "How many people?")
+    assert model.tool_choices[:2] == ["any", None]
+
+
+def test_unknown_tool_is_rejected_and_the_model_is_told(yolo, bus_jpg, people):
+    model = ScriptedChatModel(
+        steps=[call("run_python", code="import os"), call("detect_objects"), {"content": FINAL.format(n=people)}]
+    )
+    result = Planner(model, ExpertToolbox(detector=yolo)).run(str(bus_jpg), "How many people?")
+    rejected = result.trace.tool_steps[0]
+    assert rejected.tool == "run_python" and rejected.evidence is None
+    assert rejected.error == "error: unknown tool 'run_python'; the tools are: detect_objects"
+    assert tool_messages(model)[0].content == rejected.error
+    assert result.answer == str(people) and result.evidence_used == ["detect_objects"]
+
+
+def test_bad_arguments_are_rejected_before_the_expert_runs(yolo, bus_jpg):
+    model = ScriptedChatModel(steps=[call("detect_objects", min_score=7), {"content": "Answer: unknown"}])
+    result = Planner(model, ExpertToolbox(detector=yolo)).run(str(bus_jpg), "How many people?")
+    step = result.trace.tool_steps[0]
+    assert step.error.startswith("error: invalid arguments: min_score: Input should be less than or equal to 1")
+    assert step.store_misses is None  # the detector never ran
+    assert result.evidence_used == []  # nothing answered, so nothing is cited
+
+
+def test_a_failing_tool_is_fed_back_not_raised(yolo, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    model = ScriptedChatModel(steps=[call("detect_objects"), {"content": "Answer: I could not look at the image."}])
+    result = Planner(model, ExpertToolbox(detector=yolo)).run(str(broken), "What is this?")
+    error = result.trace.tool_steps[0].error
+    assert error.startswith("error: yolo could not read the image:") and "broken.jpg" in error
+    assert tool_messages(model)[0].content == error
+    assert result.answer == "I could not look at the image."
+
+
+def test_tool_call_limit_then_the_model_must_answer_without_tools(yolo, bus_jpg, people):
+    steps = [call("detect_objects"), call("detect_objects", labels=["bus"]), call("detect_objects", labels=["car"])]
+    model = ScriptedChatModel(steps=[*steps, {"content": FINAL.format(n=people)}])
+    limits = PlannerLimits(max_tool_calls=2)
+    result = Planner(model, ExpertToolbox(detector=yolo), limits=limits).run(str(bus_jpg), "How many people?")
+    tools = result.trace.tool_steps
+    assert [t.error is None for t in tools] == [True, True, False]
+    assert tools[2].error == "error: the limit of 2 tool calls is reached; answer now"
+    assert model.call_tools[0] == ["detect_objects"] and model.call_tools[-1] == []  # no tools on the last call
+    assert result.answer == str(people)
+
+
+def test_model_call_limit_stops_a_model_that_never_answers(yolo, bus_jpg):
+    model = ScriptedChatModel(steps=[call("detect_objects")] * 10)
+    limits = PlannerLimits(max_model_calls=3, max_tool_calls=10)
+    result = Planner(model, ExpertToolbox(detector=yolo), limits=limits).run(str(bus_jpg), "How many people?")
+    assert len(result.trace.model_steps) == 3
+    assert model.call_tools[2] == []  # the third and last call was asked to answer
+    # the scripted model ignores that and calls a tool again: the run still ends, and says why
+    assert result.trace.stopped_by == "model-call limit of 3 reached"
+    assert result.answer == "(no answer: model-call limit of 3 reached)"
+
+
+def test_time_budget_stops_before_any_model_call(yolo, bus_jpg):
+    model = ScriptedChatModel(steps=[call("detect_objects")])
+    limits = PlannerLimits(time_budget_s=0.0)
+    result = Planner(model, ExpertToolbox(detector=yolo), limits=limits).run(str(bus_jpg), "How many people?")
+    assert model.calls == [] and result.trace.stopped_by == "time budget of 0s used up"
+    assert [s.kind for s in result.trace.steps] == ["limit"]
+
+
+def test_token_budget_counts_prompt_and_completion_tokens(yolo, bus_jpg):
+    model = ScriptedChatModel(steps=[call("detect_objects"), call("detect_objects")])
+    limits = PlannerLimits(max_tokens=50)
+    result = Planner(model, ExpertToolbox(detector=yolo), limits=limits).run(str(bus_jpg), "How many people?")
+    first = result.trace.model_steps[0]
+    assert first.input_tokens + first.output_tokens >= 50  # the system prompt alone is over budget
+    assert result.trace.stopped_by == "token budget of 50 used up"
+    assert len(result.trace.model_steps) == 1
+
+
+def test_trace_is_complete_and_round_trips_through_json(yolo, bus_jpg, people):
+    model = ScriptedChatModel(steps=[call("detect_objects"), {"content": FINAL.format(n=people)}])
+    result = Planner(model, ExpertToolbox(detector=yolo)).run(str(bus_jpg), "How many people?")
+    trace = result.trace
+    requested = [c["name"] for s in trace.model_steps for c in s.tool_calls]
+    assert requested == [s.tool for s in trace.tool_steps]  # every requested call has its tool step
+    assert all(s.prompt_chars > 0 and s.input_tokens > 0 and s.seconds >= 0 for s in trace.model_steps)
+    assert trace.tool_steps[0].store_misses == 1 and trace.tool_steps[0].seconds > 0
+    starts = [s.started for s in trace.steps]
+    assert starts == sorted(starts)
+    split = trace.time_split()
+    assert split["model"] + split["tools"] + split["framework"] == pytest.approx(trace.seconds)
+    data = json.loads(trace.to_json())
+    again = Trace.from_dict(data)
+    assert again.to_dict() == trace.to_dict()
+
+
+def test_html_trace_shows_the_image_the_steps_and_escapes_text(yolo, bus_jpg, people):
+    model = ScriptedChatModel(steps=[call("detect_objects"), {"content": FINAL.format(n=people)}])
+    result = Planner(model, ExpertToolbox(detector=yolo)).run(str(bus_jpg), "<script>alert(1)</script> people?")
+    page = trace_to_html(result.trace, bus_jpg)
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+    assert page.count('src="data:image/png;base64,') == 1
+    assert "tool detect_objects" in page and f"person ×{people}" in page
+    assert f"<b>Answer:</b> {people}" in page
+
+
+def test_rule_path_answers_counting_without_the_model_and_says_so(yolo, bus_jpg, people):
+    model = ScriptedChatModel(steps=[])
+    planner = Planner(model, ExpertToolbox(detector=yolo), rules=True)
+    result = planner.run(str(bus_jpg), "How many people are in the image?")
+    assert model.calls == []
+    assert result.answer == str(people) and result.trace.mode == "rule"
+    assert [s.kind for s in result.trace.steps] == ["tool", "rule"]
+    presence = planner.run(str(bus_jpg), "Is there a bus?")
+    assert presence.answer == "yes" and presence.trace.mode == "rule"
+
+
+def test_rule_matching_only_takes_classes_the_detector_knows():
+    labels = ["person", "bus", "knife"]
+    assert match_question("How many people are there?", labels).label == "person"
+    assert match_question("how many buses can you see?", labels).label == "bus"
+    assert match_question("How many knives?", labels).label == "knife"
+    assert match_question("Are there any persons in the image?", labels).kind == "presence"
+    assert match_question("How many dogs are there?", labels) is None
+    assert match_question("Why is the bus red?", labels) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Reasoning: saw 4.\nAnswer: 4\nEvidence: detect_objects", ("4", "saw 4.", ["detect_objects"])),
+        ("**Answer**: yes\nReasoning: a bus\nis there", ("yes", "a bus is there", [])),
+        ("<think>hmm</think>There are four people.", ("There are four people.", None, [])),
+        ("Answer: 2\nEvidence: detect_objects, caption_image", ("2", None, ["detect_objects", "caption_image"])),
+        ("", (None, None, [])),
+    ],
+)
+def test_answer_parsing(text, expected):
+    assert parse_answer(text) == expected
+
+
+def test_toolbox_only_offers_the_experts_it_was_given(yolo):
+    assert ExpertToolbox(detector=yolo).names == ["detect_objects"]
+    assert ExpertToolbox().names == []
+
+
+def test_scripted_model_tool_call_shape():
+    msg = ScriptedChatModel(steps=[call("detect_objects", labels=["person"])]).invoke("hi")
+    assert isinstance(msg, AIMessage) and msg.tool_calls[0]["name"] == "detect_objects"

