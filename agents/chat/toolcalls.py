@@ -29,10 +29,13 @@ plain text in the roles every template knows, in the Hermes / Qwen2.5 convention
 ``<tool_call>`` blocks holding one JSON object or a JSON list of them (SmolLM2's own
 format), an unterminated last block (generation stopped), a bare JSON object with
 ``name`` and ``arguments`` (or ``parameters``), a JSON list of those, code fences,
-OpenAI-shaped ``{"function": {...}}`` objects and stringified arguments. Anything
-that does not parse, or names a tool that is not registered, stays in the content and
-is also reported as an ``invalid_tool_call``. Tool-call ids are deterministic:
-``call_0``, ``call_1``, … numbered across the whole conversation.
+OpenAI-shaped ``{"function": {...}}`` objects and stringified arguments. Arguments are
+fitted to the tool's schema (:func:`conform_arguments`: ``"person"`` where a list is
+expected becomes ``["person"]``, junk in an optional argument is dropped, each change
+noted). Anything that does not parse, names a tool that is not registered, or lacks a
+required argument stays in the content and is also reported as an
+``invalid_tool_call``. Tool-call ids are deterministic: ``call_0``, ``call_1``, …
+numbered across the whole conversation.
 
 >>> parse_tool_calls('<tool_call>{"name": "count", "arguments": {"label": "dog"}}</tool_call>').tool_calls
 [{'name': 'count', 'args': {'label': 'dog'}, 'id': 'call_0', 'type': 'tool_call'}]
