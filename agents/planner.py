@@ -257,7 +257,8 @@ def parse_answer(text: str) -> tuple[str | None, str | None, list[str]]:
     The expected format is ``Reasoning: … / Answer: … / Evidence: …``; a reply without an
     ``Answer:`` line is taken whole as the answer (small models often skip the format).
     """
-    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S).strip()
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S)
+    text = re.sub(r"</?tool_response>", "", text).strip()  # small models echo the tool-result wrapper
     fields: dict[str, list[str]] = {}
     current = None
     for line in text.splitlines():

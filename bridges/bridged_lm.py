@@ -1,0 +1,273 @@
+"""A frozen causal LM that reads images through a learnable bridge (LLaVA-style).
+
+``BridgedLM`` pairs any ``transformers`` causal LM and its tokenizer with a bridge from
+:mod:`bridges.registry`. Only the bridge learns: the LM is frozen (``requires_grad=False``)
+and kept in eval mode, and incoming features are detached so no gradient ever reaches the
+vision expert that produced them.
+
+Each prompt holds exactly one image placeholder (``"<image>"`` by default). The prompt is
+split there as *text*, before tokenization, so the placeholder never has to be a token of
+the vocabulary; the bridge's ``k`` soft tokens take its place. A prompt without the
+placeholder gets the soft tokens prepended. For training the target follows the prompt,
+then EOS; only those positions carry labels.
+
+::
+
+    model = BridgedLM(lm, tokenizer, create_bridge("mlp", in_dim=1280, lm_dim=576, num_tokens=4))
+    loss = model.loss(features, ["<image> Caption:"] * 2, ["an ant", "a bee"])
+    model.generate(features, ["<image> Caption:"] * 2)  # -> ["an ant", "a bee"] once trained
+    model.save("runs/bridge"); BridgedLM.load("runs/bridge", lm, tokenizer)
+
+Sequence layout (``[BOS]`` only when the tokenizer adds one by default)::
+
+    [BOS] text-before  <k soft tokens>  text-after  target  EOS   (right-padded: training)
+    PAD…  [BOS] text-before  <k soft tokens>  text-after          (left-padded: generation)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from experts.errors import ConfigError
+
+from .registry import create_bridge
+
+__all__ = ["FORMAT_VERSION", "BridgeInputs", "BridgedLM"]
+
+#: Version of the ``bridge.json`` layout written by :meth:`BridgedLM.save`.
+FORMAT_VERSION = 1
+IGNORE_INDEX = -100  # the label value HF causal-LM losses skip
+WEIGHTS_FILE, CONFIG_FILE = "bridge.safetensors", "bridge.json"
+
+
+@dataclass
+class BridgeInputs:
+    """What :meth:`BridgedLM.build_inputs` returns; ``labels`` is ``None`` without targets.
+
+    ``image_positions[i]`` is the index of the first soft token in row ``i``.
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    image_positions: list[int]
+
+
+class BridgedLM:
+    """A frozen causal LM + tokenizer + a trainable bridge (see the module docstring).
+
+    ``lm_name`` is recorded in ``bridge.json`` so a saved bridge says which LM it was trained
+    for; it defaults to ``lm.config._name_or_path``.
+    """
+
+    def __init__(
+        self,
+        lm: Any,
+        tokenizer: Any,
+        bridge: nn.Module,
+        image_token: str = "<image>",
+        *,
+        lm_name: str | None = None,
+    ):
+        if not image_token:
+            raise ConfigError("BridgedLM: image_token must be a non-empty string")
+        self.lm, self.tokenizer, self.image_token = lm, tokenizer, image_token
+        self.lm_name = lm_name if lm_name is not None else str(getattr(lm.config, "_name_or_path", "") or "")
+        lm.requires_grad_(False)
+        lm.eval()
+        embed = lm.get_input_embeddings()
+        lm_dim = int(embed.weight.shape[-1])
+        if int(getattr(bridge, "lm_dim", lm_dim)) != lm_dim:
+            raise ConfigError(f"BridgedLM: bridge lm_dim={bridge.lm_dim} but the LM's embeddings are {lm_dim}-d")
+        self.bridge = bridge.to(embed.weight.device)
+        if tokenizer.eos_token_id is None:
+            raise ConfigError("BridgedLM: the tokenizer has no eos_token; targets must end with one")
+        # Causal LMs often ship without a pad token; EOS is the usual stand-in (masked out anyway).
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._prefix = self._special_prefix()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    @property
+    def embed_dtype(self) -> torch.dtype:
+        return self.lm.get_input_embeddings().weight.dtype
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters: the bridge's, never the LM's."""
+        return [p for p in self.bridge.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ inputs
+    def _special_prefix(self) -> list[int]:
+        """Ids the tokenizer puts before text by default (e.g. Llama's BOS; nothing for SmolLM2)."""
+        plain = self.tokenizer("x", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("x")["input_ids"]
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return list(full[:start])
+        return []
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def split_prompt(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the placeholder (prefix specials included in "before").
+
+        >>> # "Look: <image> what is it?" -> (ids of "Look: "), (ids of " what is it?")
+        """
+        count = prompt.count(self.image_token)
+        if count > 1:
+            raise ConfigError(f"prompt has {count} {self.image_token!r} placeholders, expected one: {prompt!r}")
+        before, after = prompt.split(self.image_token) if count else ("", prompt)
+        return self._prefix + self._ids(before), self._ids(after)
+
+    def soft_tokens(self, features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Bridge output ``(B, k, lm_dim)`` in the LM's embedding dtype, on its device."""
+        if not isinstance(features, torch.Tensor):
+            features = torch.stack([torch.as_tensor(f) for f in features])
+        # Detached: gradients stop at the bridge, a vision expert upstream stays untouched.
+        features = features.detach().to(self.device)
+        return self.bridge(features).to(self.embed_dtype)
+
+    def build_inputs(
+        self,
+        features: torch.Tensor | Sequence[torch.Tensor],
+        prompts: Sequence[str],
+        targets: Sequence[str] | None = None,
+    ) -> BridgeInputs:
+        """Embeddings, attention mask and labels for a batch (right-padded with targets, else left-padded)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if targets is not None:
+            targets = [targets] if isinstance(targets, str) else list(targets)
+            if len(targets) != len(prompts):
+                raise ConfigError(f"got {len(prompts)} prompts but {len(targets)} targets")
+        soft = self.soft_tokens(features)
+        if soft.shape[0] != len(prompts):
+            raise ConfigError(f"got features for {soft.shape[0]} images but {len(prompts)} prompts")
+        embed = self.lm.get_input_embeddings()
+        k = soft.shape[1]
+
+        rows: list[torch.Tensor] = []
+        row_labels: list[list[int]] = []
+        positions: list[int] = []
+        for i, prompt in enumerate(prompts):
+            before, after = self.split_prompt(prompt)
+            target = self._ids(targets[i]) + [self.tokenizer.eos_token_id] if targets is not None else []
+            ids_before = torch.tensor(before, dtype=torch.long, device=self.device)
+            ids_after = torch.tensor(after + target, dtype=torch.long, device=self.device)
+            rows.append(torch.cat([embed(ids_before), soft[i], embed(ids_after)], dim=0))
+            positions.append(len(before))
+            row_labels.append([IGNORE_INDEX] * (len(before) + k + len(after)) + target)
+
+        length = max(row.shape[0] for row in rows)
+        pad_vec = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
+        left = targets is None  # generation continues from the last position, so pad on the left
+        batch_embeds, masks, labels = [], [], []
+        for row, lab, pos in zip(rows, row_labels, range(len(rows))):
+            n_pad = length - row.shape[0]
+            pad = pad_vec.expand(n_pad, -1)
+            batch_embeds.append(torch.cat([pad, row] if left else [row, pad], dim=0))
+            ones, zeros = [1] * row.shape[0], [0] * n_pad
+            masks.append(zeros + ones if left else ones + zeros)
+            labels.append(lab + [IGNORE_INDEX] * n_pad)
+            if left:
+                positions[pos] += n_pad
+        return BridgeInputs(
+            inputs_embeds=torch.stack(batch_embeds),
+            attention_mask=torch.tensor(masks, dtype=torch.long, device=self.device),
+            labels=torch.tensor(labels, dtype=torch.long, device=self.device) if targets is not None else None,
+            image_positions=positions,
+        )
+
+    # ------------------------------------------------------------------ use
+    def loss(
+        self, features: torch.Tensor | Sequence[torch.Tensor], prompts: Sequence[str], targets: Sequence[str]
+    ) -> torch.Tensor:
+        """Mean cross-entropy over the target tokens (and EOS) of the batch."""
+        inputs = self.build_inputs(features, prompts, targets)
+        out = self.lm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, labels=inputs.labels)
+        return out.loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        features: torch.Tensor | Sequence[torch.Tensor],
+        prompts: Sequence[str],
+        max_new_tokens: int = 32,
+        **gen_kwargs: Any,
+    ) -> list[str]:
+        """Decode a continuation per image (greedy unless ``gen_kwargs`` say otherwise)."""
+        was_training = self.bridge.training
+        self.bridge.eval()
+        try:
+            inputs = self.build_inputs(features, prompts)
+        finally:
+            self.bridge.train(was_training)
+        gen_kwargs.setdefault("do_sample", False)
+        gen_kwargs.setdefault("pad_token_id", self.pad_token_id)
+        gen_kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+        if not gen_kwargs["do_sample"]:
+            # The LM's generation_config may carry sampling knobs; greedy must not warn about them.
+            gen_kwargs.setdefault("temperature", None)
+            gen_kwargs.setdefault("top_p", None)
+            gen_kwargs.setdefault("top_k", None)
+        out = self.lm.generate(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            max_new_tokens=max_new_tokens,
+            **gen_kwargs,
+        )
+        # With inputs_embeds only, decoder-only models return just the new tokens.
+        return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # ------------------------------------------------------------------ persistence
+    def describe(self) -> dict[str, Any]:
+        """The JSON written next to the weights."""
+        config = dict(self.bridge.config)
+        return {
+            "format_version": FORMAT_VERSION,
+            "bridge": config,
+            "lm": self.lm_name,
+            "lm_dim": int(config["lm_dim"]),
+            "feature_dim": int(config["in_dim"]),
+            "image_token": self.image_token,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``bridge.safetensors`` + ``bridge.json`` into ``directory`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: t.detach().contiguous().cpu() for name, t in self.bridge.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        (directory / CONFIG_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n", encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, lm: Any, tokenizer: Any, *, lm_name: str | None = None) -> BridgedLM:
+        """Rebuild a saved bridge around ``lm`` / ``tokenizer`` (the LM itself is never saved)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not meta_path.is_file() or not weights_path.is_file():
+            raise ConfigError(f"{directory} is not a saved bridge: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ConfigError(
+                f"{meta_path}: format_version {meta.get('format_version')!r} is not supported "
+                f"(this version reads {FORMAT_VERSION})"
+            )
+        bridge = create_bridge(**meta["bridge"])
+        bridge.load_state_dict(load_file(str(weights_path)))
+        return cls(lm, tokenizer, bridge, meta["image_token"], lm_name=lm_name if lm_name is not None else meta["lm"])

