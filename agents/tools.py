@@ -24,7 +24,7 @@ from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field
 
 from bridges.text import render
-from experts import Classification, Detections, Expert, ExpertBridgeError, ItemResult
+from experts import Caption, Classification, Detections, Expert, ExpertBridgeError, ItemResult
 from experts.images import ImageSource
 
 #: ``(expert, sources) -> (results, {"hits": n, "misses": m})``; see ``workflows.reasoning`` for the store-backed one.
@@ -69,6 +69,11 @@ class ExpertToolbox:
     dense_captioner: Expert | None = None
     clip: Expert | None = None
     classifier: FewShotModel | None = None
+    # A learnable bridge (bridges.BridgedLM) and the expert whose features it was trained on: the
+    # `describe_image` tool, an alternative to rendering evidence as text.
+    describer: Any | None = None
+    describer_expert: Expert | None = None
+    describe_prompt: str = "<image>Caption:"
     runner: ExpertRunner = run_directly
     text_budget: int = 300  # tokens of bridge text per tool result
 
@@ -119,6 +124,15 @@ class ExpertToolbox:
                     NoArgs,
                 )
             )
+        if self.describer is not None and self.describer_expert is not None:
+            tools.append(
+                _tool(
+                    lambda: self._describe(image),
+                    "describe_image",
+                    "A short description of the image, written by a language model that sees the image features.",
+                    NoArgs,
+                )
+            )
         return tools
 
     # ------------------------------------------------------------------ tool bodies
@@ -160,6 +174,12 @@ class ExpertToolbox:
         top = probs.argsort(descending=True)[: min(5, len(candidates))].tolist()
         tags = Classification(tuple(candidates[i] for i in top), tuple(float(probs[i]) for i in top), "clip-zero-shot")
         return render(tags, max_tokens=self.text_budget), {"evidence": tags.to_dict(), "store": store}
+
+    def _describe(self, image: ImageSource):
+        evidence, store = self._evidence(self.describer_expert, image)
+        text = self.describer.generate(torch.as_tensor(evidence.vector)[None], [self.describe_prompt])[0].strip()
+        caption = Caption(text)
+        return render(caption, max_tokens=self.text_budget), {"evidence": caption.to_dict(), "store": store}
 
     def _few_shot(self, image: ImageSource):
         pred = self.classifier.predict([image])[0]

@@ -172,7 +172,7 @@ class BridgedLM:
         pad_vec = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
         left = targets is None  # generation continues from the last position, so pad on the left
         batch_embeds, masks, labels = [], [], []
-        for row, lab, pos in zip(rows, row_labels, range(len(rows))):
+        for i, (row, lab) in enumerate(zip(rows, row_labels)):
             n_pad = length - row.shape[0]
             pad = pad_vec.expand(n_pad, -1)
             batch_embeds.append(torch.cat([pad, row] if left else [row, pad], dim=0))
@@ -180,7 +180,7 @@ class BridgedLM:
             masks.append(zeros + ones if left else ones + zeros)
             labels.append(lab + [IGNORE_INDEX] * n_pad)
             if left:
-                positions[pos] += n_pad
+                positions[i] += n_pad
         return BridgeInputs(
             inputs_embeds=torch.stack(batch_embeds),
             attention_mask=torch.tensor(masks, dtype=torch.long, device=self.device),

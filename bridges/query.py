@@ -125,7 +125,8 @@ class QueryBridge(nn.Module):
         batch, patches, _ = features.shape
         if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, patches):
             raise ConfigError(
-                f"QueryBridge: key_padding_mask must be (B, P) = {(batch, patches)}, got {tuple(key_padding_mask.shape)}"
+                f"QueryBridge: key_padding_mask must be (B, P) = {(batch, patches)}, "
+                f"got {tuple(key_padding_mask.shape)}"
             )
         memory = self.input_proj(features.to(self.queries.dtype))
         if self.pos_2d:

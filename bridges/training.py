@@ -186,7 +186,9 @@ def _load_checkpoint(
     optimizer.load_state_dict(_join_optimizer_state(opt_tensors, trainer["optimizer"]))
     scheduler.load_state_dict(trainer["scheduler"])
     torch.set_rng_state(tensors["rng.torch_cpu"])
-    cuda_states = [tensors[f"rng.torch_cuda{i}"] for i in range(torch.cuda.device_count()) if f"rng.torch_cuda{i}" in tensors]
+    cuda_states = [
+        tensors[f"rng.torch_cuda{i}"] for i in range(torch.cuda.device_count()) if f"rng.torch_cuda{i}" in tensors
+    ]
     if cuda_states and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     return int(trainer["epoch"]), list(trainer["history"])

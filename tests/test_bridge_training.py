@@ -45,9 +45,7 @@ def test_training_lowers_loss_and_records_history(tmp_path):
     pairs = tiny_pairs()
     before = evaluate(model, pairs)
     seen = []
-    result = train_bridge(
-        model, pairs, val_pairs=pairs[:2], checkpoint_dir=tmp_path, on_epoch=seen.append, **SETTINGS
-    )
+    result = train_bridge(model, pairs, val_pairs=pairs[:2], checkpoint_dir=tmp_path, on_epoch=seen.append, **SETTINGS)
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4] and seen == result.history
     assert all(r["steps"] == 3 and r["val_loss"] is not None for r in result.history)
     assert result.history[-1]["lr"] == pytest.approx(0.0)  # cosine ends at zero
@@ -79,9 +77,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
     with torch.no_grad():
         for p in resumed_model.bridge.parameters():
             p.add_(torch.randn_like(p))
-    resumed = train_bridge(
-        resumed_model, pairs, val_pairs=pairs[:2], checkpoint_dir=tmp_path, resume=True, **SETTINGS
-    )
+    resumed = train_bridge(resumed_model, pairs, val_pairs=pairs[:2], checkpoint_dir=tmp_path, resume=True, **SETTINGS)
 
     assert resumed.resumed_from == 2 and resumed.epochs_completed == 4
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731

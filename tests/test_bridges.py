@@ -313,3 +313,14 @@ def test_load_rejects_missing_files_and_unknown_versions(tmp_path):
     (path / "bridge.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(ConfigError, match="format_version"):
         BridgedLM.load(path, model.lm, model.tokenizer)
+
+
+def test_soft_tokens_take_the_embedding_dtype():
+    model = tiny_model("mlp")
+    model.lm.to(torch.bfloat16)
+    inputs = model.build_inputs(features(2), [PROMPT] * 2, ["an ant", "a bee"])
+    assert inputs.inputs_embeds.dtype == torch.bfloat16
+    assert next(model.bridge.parameters()).dtype == torch.float32  # the bridge still trains in fp32
+    loss = model.loss(features(2), [PROMPT] * 2, ["an ant", "a bee"])
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())

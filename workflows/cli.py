@@ -30,6 +30,7 @@ from experts import (
 from experts.drawing import draw_boxes
 from experts.images import load_image
 from workflows.commands import batch as batch_commands
+from workflows.commands import bridge as bridge_commands
 from workflows.commands import fewshot as fewshot_commands  # noqa: E402
 from workflows.commands.ask import ask_cmd
 from workflows.inputs import expand_inputs
@@ -40,6 +41,7 @@ app.add_typer(fewshot_commands.app, name="fewshot")
 app.add_typer(batch_commands.app, name="batch")
 app.command("worker")(batch_commands.worker_cmd)
 app.command("ask")(ask_cmd)
+app.add_typer(bridge_commands.app, name="bridge")
 console = Console(stderr=True)
 
 

@@ -46,6 +46,7 @@ class Reasoner:
         settings: Settings | None = None,
         store: FeatureStore | None | str = "default",
         classifier: Any | None = None,
+        bridge: str | Path | None = None,
         limits: PlannerLimits = PlannerLimits(),
         rules: bool = False,
         model_kwargs: Mapping[str, Any] | None = None,
@@ -58,6 +59,11 @@ class Reasoner:
             if name not in TOOL_SLOTS:
                 raise ConfigError(f"expert {name!r} is not a planner tool; tools: {', '.join(TOOL_SLOTS)}")
             slots[TOOL_SLOTS[name]] = expert
+        if bridge is not None:  # a trained learnable bridge becomes the describe_image tool
+            from workflows.bridging import BridgeJob
+
+            job = BridgeJob.load(bridge)
+            slots.update(describer=job.model, describer_expert=job.expert, describe_prompt=job.prompt)
         self.toolbox = ExpertToolbox(**slots, classifier=classifier, runner=self._run)
         self.model = create_chat_model(model, **dict(model_kwargs or {}))
         self.planner = Planner(self.model, self.toolbox, limits=limits, rules=rules)

@@ -31,6 +31,7 @@ def ask_cmd(
     ] = "yolo",
     trace: Annotated[Path | None, typer.Option(help="write the trace as JSON here")] = None,
     html: Annotated[Path | None, typer.Option(help="write the trace as an HTML page (image with boxes) here")] = None,
+    bridge: Annotated[Path | None, typer.Option(help="a trained bridge (`bridge train`): adds describe_image")] = None,
     rules: Annotated[bool, typer.Option(help="answer counting/presence questions without the LLM")] = False,
     max_tool_calls: Annotated[int, typer.Option(help="tool calls per question")] = 6,
     time_budget: Annotated[float, typer.Option(help="seconds per question")] = 300.0,
@@ -44,6 +45,7 @@ def ask_cmd(
             settings=settings,
             limits=PlannerLimits(max_tool_calls=max_tool_calls, time_budget_s=time_budget),
             rules=rules,
+            bridge=bridge,
         )
         result = reasoner.ask(image, question)
     except ExpertBridgeError as err:
