@@ -24,7 +24,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.chat_models import DEFAULT_LOCAL_MODEL, ScriptedChatModel  # noqa: E402
+from agents.chat import DEFAULT_LOCAL_MODEL, ScriptedChatModel  # noqa: E402
 from cache.store import DirectoryStore  # noqa: E402
 from experts import create_expert  # noqa: E402
 from workflows.reasoning import Reasoner  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 from test_bridges import LM_DIM, tiny_lm, tiny_tokenizer
 from typer.testing import CliRunner
 
-from agents.chat_models import ScriptedChatModel
+from agents.chat import ScriptedChatModel
 from agents.planner import Planner
 from agents.tools import ExpertToolbox
 from bridges.bridged_lm import BridgedLM

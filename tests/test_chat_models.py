@@ -26,8 +26,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
-from agents.chat.toolcalls import conform_arguments, render_tool_prompt
-from agents.chat_models import (
+from agents.chat import (
     DEFAULT_LOCAL_MODEL,
     LocalChatModel,
     ScriptedChatModel,
@@ -38,6 +37,7 @@ from agents.chat_models import (
     to_chat_dicts,
     to_prompt_dicts,
 )
+from agents.chat.toolcalls import conform_arguments, render_tool_prompt
 from experts.errors import ConfigError, WeightsNotFoundError
 from experts.weights import is_offline
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 
-from agents.chat_models import ScriptedChatModel
+from agents.chat import ScriptedChatModel
 from agents.planner import Planner, PlannerLimits, parse_answer
 from agents.rules import match_question
 from agents.tools import ExpertToolbox

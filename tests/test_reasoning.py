@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from agents.chat_models import DEFAULT_LOCAL_MODEL, ScriptedChatModel
+from agents.chat import DEFAULT_LOCAL_MODEL, ScriptedChatModel
 from cache.store import DirectoryStore
 from experts import ConfigError
 from workflows.cli import app

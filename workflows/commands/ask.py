@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agents.chat_models import DEFAULT_LOCAL_MODEL
+from agents.chat import DEFAULT_LOCAL_MODEL
 from agents.planner import PlannerLimits
 from agents.trace_html import trace_to_html
 from experts import ExpertBridgeError

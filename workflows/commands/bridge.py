@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agents.chat_models import DEFAULT_LOCAL_MODEL
+from agents.chat import DEFAULT_LOCAL_MODEL
 from cache.store import DirectoryStore
 from experts import ExpertBridgeError, create_expert
 from workflows.bridging import BridgeJob, read_pairs
