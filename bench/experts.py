@@ -53,9 +53,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the local DINOv2 hub stand-in
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tiny_models import write_dinov2_hub  # noqa: E402
 
 from experts import create_expert  # noqa: E402
 from experts.images import LoadedImage, load_image  # noqa: E402
@@ -64,37 +66,6 @@ DATA_DIR = Path("/work/shared/data/hymenoptera_data/val")
 YOLO_WEIGHTS = Path("/work/shared/weights/yolov8n_int8.tflite")
 ALL_EXPERTS = ("timm", "clip", "dinov2", "yolo")
 TARGET = 1.05
-
-HUBCONF = textwrap.dedent(
-    '''
-    """Local stand-in for facebookresearch/dinov2: ViT-S/14 (timm's port), DINOv2's forward_features API."""
-    import timm
-    import torch
-
-    dependencies = ["torch", "timm"]
-
-
-    class _Dinov2(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224)
-
-        def forward_features(self, x):
-            tokens = self.vit.forward_features(x)  # final norm applied, like DINOv2's x_norm_*
-            n = self.vit.num_prefix_tokens  # CLS (+ register tokens, if any)
-            return {"x_norm_clstoken": tokens[:, 0], "x_norm_patchtokens": tokens[:, n:]}
-
-        def forward(self, x):
-            return self.forward_features(x)["x_norm_clstoken"]
-
-
-    def dinov2_vits14(pretrained=False, **kwargs):
-        if pretrained:
-            raise RuntimeError("this local stand-in repo has no pretrained weights")
-        torch.manual_seed(0)
-        return _Dinov2()
-    '''
-)
 
 
 # ---------------------------------------------------------------------- setup
@@ -122,9 +93,7 @@ def build_expert(name: str, tmp: Path):
     if name == "clip":
         return create_expert("clip", arch="ViT-B-32", weights=None, **common)
     if name == "dinov2":
-        repo = tmp / "dinov2_repo"
-        repo.mkdir(exist_ok=True)
-        (repo / "hubconf.py").write_text(HUBCONF)
+        repo = write_dinov2_hub(tmp / "dinov2_repo")
         return create_expert("dinov2", arch="dinov2_vits14", repo=str(repo), weights=None, **common)
     if name == "yolo":
         return create_expert("yolo", weights=str(YOLO_WEIGHTS), **common)

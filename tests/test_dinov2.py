@@ -2,51 +2,18 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 import pytest
 import torch
+from tiny_models import write_dinov2_hub
 
 from experts import ConfigError, WeightsNotFoundError, create_expert
-
-HUBCONF = textwrap.dedent(
-    '''
-    """A local stand-in for facebookresearch/dinov2: same ViT-S/14 (timm's port), same forward_features API."""
-    import timm
-    import torch
-
-    dependencies = ["torch", "timm"]
-
-
-    class _Dinov2(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224)
-
-        def forward_features(self, x):
-            tokens = self.vit.forward_features(x)  # final norm applied, like DINOv2's x_norm_*
-            n = self.vit.num_prefix_tokens
-            return {"x_norm_clstoken": tokens[:, 0], "x_norm_patchtokens": tokens[:, n:]}
-
-        def forward(self, x):
-            return self.forward_features(x)["x_norm_clstoken"]
-
-
-    def dinov2_vits14(pretrained=True, **kwargs):
-        if pretrained:
-            raise RuntimeError("this test repo has no pretrained weights to download")
-        torch.manual_seed(0)
-        return _Dinov2()
-    '''
-)
 
 
 @pytest.fixture(scope="module")
 def hub_repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("dinov2_repo")
-    (repo / "hubconf.py").write_text(HUBCONF)
-    return repo
+    return write_dinov2_hub(repo)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,9 @@
 """Tiny, randomly initialised stand-ins for real checkpoints, built offline in seconds.
 
+:func:`write_dinov2_hub` writes a local torch.hub repo with DINOv2's entry point and
+``forward_features`` API over timm's ViT-S/14 port (random weights); the tests and
+``bench/experts.py`` load it with ``source="local"``.
+
 :func:`build_tiny_blip` writes a BLIP image-captioning model with the real
 architecture (``BlipForConditionalGeneration`` + ``BlipProcessor``) but a tiny
 config and a 30-word vocabulary, so the captioner's whole load/generate/decode
@@ -8,6 +12,7 @@ path runs without the 1 GB hub checkpoint.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 #: BERT specials at the ids ``BertTokenizer`` expects, then BLIP's decoder bos ``[DEC]``.
@@ -82,3 +87,43 @@ def build_tiny_blip(out_dir: Path, *, seed: int = 0, weight_std: float = 0.3) ->
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+HUBCONF = textwrap.dedent(
+    '''
+    """A local stand-in for facebookresearch/dinov2: same ViT-S/14 (timm's port), same forward_features API."""
+    import timm
+    import torch
+
+    dependencies = ["torch", "timm"]
+
+
+    class _Dinov2(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224)
+
+        def forward_features(self, x):
+            tokens = self.vit.forward_features(x)  # final norm applied, like DINOv2's x_norm_*
+            n = self.vit.num_prefix_tokens
+            return {"x_norm_clstoken": tokens[:, 0], "x_norm_patchtokens": tokens[:, n:]}
+
+        def forward(self, x):
+            return self.forward_features(x)["x_norm_clstoken"]
+
+
+    def dinov2_vits14(pretrained=True, **kwargs):
+        if pretrained:
+            raise RuntimeError("this test repo has no pretrained weights to download")
+        torch.manual_seed(0)
+        return _Dinov2()
+    '''
+)
+
+
+def write_dinov2_hub(directory: str | Path) -> Path:
+    """Write the stand-in ``hubconf.py`` into ``directory`` and return it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hubconf.py").write_text(HUBCONF)
+    return directory
