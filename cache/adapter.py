@@ -101,7 +101,9 @@ class AdaptiveCache(nn.Module):
         for name, w in (prior_weights or {}).items():
             if w.shape != (keys[name].shape[1], num_classes):
                 raise ValueError(f"prior weights of {name!r} must be (D, C) = {(keys[name].shape[1], num_classes)}")
-            self.register_buffer(f"prior_{name}", w.float().clone())
+            # Row-major copy: a transposed view (prototypes.T) multiplies through another BLAS path and
+            # rounds differently, so a saved-and-loaded cache would not reproduce its own logits bit for bit.
+            self.register_buffer(f"prior_{name}", w.float().clone(memory_format=torch.contiguous_format))
         self.num_classes = num_classes
         self.alpha, self.beta, self.fusion = float(alpha), float(beta), fusion
 

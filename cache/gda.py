@@ -24,6 +24,11 @@ class GDAHead:
     weight: torch.Tensor  # (C, D)
     bias: torch.Tensor  # (C,)
 
+    def __post_init__(self) -> None:
+        # One memory layout whatever made the tensors (fit, safetensors load): same BLAS path, same bits.
+        object.__setattr__(self, "weight", self.weight.float().clone(memory_format=torch.contiguous_format))
+        object.__setattr__(self, "bias", self.bias.float().clone(memory_format=torch.contiguous_format))
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.weight.T + self.bias
 

@@ -109,6 +109,22 @@ def test_support_order_does_not_change_predictions():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_prior_logits_do_not_depend_on_the_weights_memory_layout():
+    """Fitting makes prototypes as a transposed view, loading reads them row-major: both must give the same bits,
+    or a saved model does not reproduce its own predictions."""
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.nn.functional.normalize(torch.randn(40, 1280, generator=gen), dim=-1)
+    labels = torch.arange(40) % 2
+    prototypes = torch.stack([keys[labels == c].mean(0) for c in range(2)])  # (C, D)
+    query = {"x": torch.nn.functional.normalize(torch.randn(24, 1280, generator=gen), dim=-1)}
+    fitted = AdaptiveCache({"x": keys}, labels, 2, prior_weights={"x": prototypes.T})
+    loaded = AdaptiveCache({"x": keys}, labels, 2, prior_weights={"x": prototypes.T.contiguous()})
+    assert torch.equal(fitted(query).logits, loaded(query).logits)
+    head = fit_gda(keys, labels, 2)
+    transposed = type(head)(head.weight.T.contiguous().T, head.bias)
+    assert torch.equal(head.logits(query["x"]), transposed.logits(query["x"]))
+
+
 def test_gda_matches_a_numpy_implementation():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 6))
