@@ -334,7 +334,7 @@ def test_a_damaged_stored_feature_is_recomputed_and_overwritten_by_the_next_job(
         second = jobs.submit(images[:4])  # the user's resubmit
     st = jobs.status(second)
     assert (st.state, st.done, st.failed) == ("completed", 4, 0)
-    ((chunk),) = jobs.chunks(second).values()
+    (chunk,) = jobs.chunks(second).values()
     assert (chunk["hits"], chunk["misses"]) == (2, 2)
     assert flipped in caplog.text and malformed in caplog.text
     # recomputed and overwritten: every key verifies again and holds the first job's vectors
