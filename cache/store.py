@@ -193,8 +193,8 @@ class DirectoryStore(FeatureStore):
             out[key] = value
             try:
                 os.utime(path)  # recency for LRU pruning
-            except FileNotFoundError:
-                pass  # pruned after we read it: what we read is still the right value
+            except OSError:
+                pass  # pruned after we read it, or a read-only store: what we read is still right
         return out
 
     def _put_many(self, items: Mapping[str, np.ndarray]) -> None:
