@@ -31,7 +31,7 @@ Three parts, printed side by side:
     last store: wall times, hits/misses and the speedup. The model is loaded and warmed up
     on two *other* images (train split, no store) first, so "cold" means an empty store,
     not a first-ever forward. Image files are read from disk on both passes (likely from
-    the OS page cache); the warm pass hashes them and reads ``.npy`` entries, it does not
+    the OS page cache); the warm pass hashes them and reads store records, it does not
     decode them.
 
 (c) peak memory of building the 16k-key cache (1 branch) and predicting all queries,

@@ -1,8 +1,10 @@
 """A feature store in Redis, shared by every worker.
 
-Each value is a small self-describing record, never a pickle::
-
-    b"EBF1" | uint32 header length | JSON header {"dtype": "float32", "shape": [512]} | raw array bytes
+Each value is the checksummed record of :mod:`cache.codec` (magic, CRC-32 over key
+and record, JSON header with dtype and shape, raw array bytes), never a pickle. A
+value that does not verify (flipped bytes, a malformed header, a record from before
+checksums) is logged, deleted and reported as a miss: the caller recomputes and
+writes it again, so a resubmitted job heals it.
 
 Recency for pruning is kept in a sorted set (key → last access time).
 
@@ -11,32 +13,13 @@ Recency for pruning is kept in a sorted set (key → last access time).
 
 from __future__ import annotations
 
-import json
-import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from cache.store import STORABLE_DTYPES, FeatureStore
-
-MAGIC = b"EBF1"
-
-
-def encode_array(arr: np.ndarray) -> bytes:
-    header = json.dumps({"dtype": arr.dtype.name, "shape": list(arr.shape)}).encode()
-    return MAGIC + struct.pack("<I", len(header)) + header + np.ascontiguousarray(arr).tobytes()
-
-
-def decode_array(blob: bytes) -> np.ndarray:
-    if blob[:4] != MAGIC:
-        raise ValueError("not an expertbridge feature record")
-    (n,) = struct.unpack("<I", blob[4:8])
-    header = json.loads(blob[8 : 8 + n])
-    if header["dtype"] not in STORABLE_DTYPES:
-        raise ValueError(f"refusing stored dtype {header['dtype']!r}")
-    arr = np.frombuffer(blob[8 + n :], dtype=np.dtype(header["dtype"]))
-    return arr.reshape(header["shape"]).copy()
+from cache.codec import encode_record
+from cache.store import FeatureStore
 
 
 class RedisStore(FeatureStore):
@@ -64,14 +47,17 @@ class RedisStore(FeatureStore):
     def _get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
         unique = list(dict.fromkeys(keys))
         blobs = self.client.mget([self._rkey(k) for k in unique])
-        out = {}
+        out, damaged = {}, []
         for key, blob in zip(unique, blobs):
             if blob is None:
                 continue
-            try:
-                out[key] = decode_array(blob)
-            except (ValueError, KeyError, json.JSONDecodeError):
-                continue  # foreign or damaged record: a miss, recomputed and overwritten
+            value = self._decode(key, blob)
+            if value is None:
+                damaged.append(key)
+            else:
+                out[key] = value
+        if damaged:  # gone until recomputed; a good value another worker wrote meanwhile is only recomputed
+            self.delete(damaged)
         if out:
             now = time.time()
             pipe = self.client.pipeline(transaction=False)
@@ -86,7 +72,7 @@ class RedisStore(FeatureStore):
         now = time.time()
         pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: all of a batch or none of it
         for key, value in items.items():
-            pipe.set(self._rkey(key), encode_array(value), ex=self.ttl)
+            pipe.set(self._rkey(key), encode_record(key, value), ex=self.ttl)
         pipe.zadd(self._recency, dict.fromkeys(items, now))
         pipe.execute()
 

@@ -2,8 +2,10 @@
 
 :class:`FeatureStore` is the interface (batch get/put, hit/miss counts, size,
 pruning, listing and export); :class:`DirectoryStore` is the embedded default,
-one ``.npy`` file per key, and :class:`~cache.redis_store.RedisStore` shares
-features between workers.
+one file per key, and :class:`~cache.redis_store.RedisStore` shares features
+between workers. Both hold the checksummed record of :mod:`cache.codec`: a value
+that does not verify on read (flipped or missing bytes, bad header, an older
+format) is logged, removed and reported as a miss, so the caller recomputes it.
 
 >>> import numpy as np, tempfile
 >>> store = DirectoryStore(tempfile.mkdtemp())
@@ -14,6 +16,7 @@ features between workers.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -25,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-#: dtypes a store accepts; anything else is refused rather than silently cast.
-STORABLE_DTYPES = frozenset({"float16", "float32", "float64", "int64", "int32", "uint8", "bool"})
+from cache.codec import STORABLE_DTYPES, DamagedRecordError, decode_record, encode_record
+
+__all__ = ["STORABLE_DTYPES", "DirectoryStore", "FeatureStore", "StoreStats"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,11 +40,12 @@ class StoreStats:
     """Counters since the store object was created (or :meth:`reset`)."""
 
     hits: int = 0
-    misses: int = 0
+    misses: int = 0  # includes damaged
     writes: int = 0
+    damaged: int = 0  # entries that failed verification (each also counted as a miss)
 
     def reset(self) -> None:
-        self.hits = self.misses = self.writes = 0
+        self.hits = self.misses = self.writes = self.damaged = 0
 
     @property
     def hit_rate(self) -> float:
@@ -48,6 +55,9 @@ class StoreStats:
 
 class FeatureStore(ABC):
     """Key → array. Keys come from :func:`cache.keys.feature_key`; arrays are stored exactly (no pickle)."""
+
+    #: Check each record's CRC on read. Only bench/store_integrity.py turns it off, to measure its cost.
+    _verify_checksum = True
 
     def __init__(self, *, dtype: str | None = None) -> None:
         if dtype is not None and dtype not in ("float16", "float32"):
@@ -117,6 +127,16 @@ class FeatureStore(ABC):
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
         return len(arrays)
 
+    def _decode(self, key: str, blob: bytes) -> np.ndarray | None:
+        """The verified array of a stored record, or None (logged, counted) when it is damaged."""
+        try:
+            return decode_record(key, blob, verify_checksum=self._verify_checksum)
+        except DamagedRecordError as err:
+            log.warning("%r: entry %s is damaged (%s); treated as a miss and removed", self, key, err)
+            with self._lock:
+                self.stats.damaged += 1
+            return None
+
     def _prepare(self, value: np.ndarray) -> np.ndarray:
         arr = np.asarray(value)
         if arr.dtype.name not in STORABLE_DTYPES:
@@ -127,12 +147,19 @@ class FeatureStore(ABC):
 
 
 class DirectoryStore(FeatureStore):
-    """One ``.npy`` file per key under ``root/ab/<key>.npy``.
+    """One record file per key under ``root/ab/<key>.ebf`` (format: :mod:`cache.codec`).
 
     Writes go to a temporary file in the same directory and are renamed into
     place (atomic on POSIX), so concurrent writers and crashes never leave a
     partial entry under a real key; leftover temporaries are removed by :meth:`prune`.
+    Readers may race deletes and prunes (other threads or processes): a file that
+    vanishes before or while it is read is a miss. ``<key>.npy`` files of the
+    format before checksums are never read (a miss, recomputed); :meth:`prune`
+    removes them.
     """
+
+    SUFFIX = ".ebf"
+    LEGACY_SUFFIX = ".npy"
 
     def __init__(self, root: str | Path, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -142,42 +169,63 @@ class DirectoryStore(FeatureStore):
     def __repr__(self) -> str:
         return f"DirectoryStore({str(self.root)!r})"
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str, suffix: str = SUFFIX) -> Path:
         if len(key) < 3 or not key.isalnum():
             raise ValueError(f"invalid store key {key!r}")
-        return self.root / key[:2] / f"{key}.npy"
+        return self.root / key[:2] / f"{key}{suffix}"
 
     def _get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
         out = {}
         for key in dict.fromkeys(keys):
             path = self._path(key)
             try:
-                out[key] = np.load(path, allow_pickle=False)
+                blob = path.read_bytes()
             except FileNotFoundError:
+                continue  # never stored, or deleted/pruned meanwhile
+            except OSError as err:  # a disk fault, a directory in its place: drop it and recompute
+                log.warning("%r: entry %s is unreadable (%s); treated as a miss and removed", self, key, err)
+                _unlink(path)
                 continue
-            except (ValueError, OSError, EOFError):
-                path.unlink(missing_ok=True)  # unreadable (disk fault): drop it and recompute
+            value = self._decode(key, blob)
+            if value is None:
+                _unlink(path)
                 continue
-            os.utime(path)  # recency for LRU pruning
+            out[key] = value
+            try:
+                os.utime(path)  # recency for LRU pruning
+            except OSError:
+                pass  # pruned after we read it, or a read-only store: what we read is still right
         return out
 
     def _put_many(self, items: Mapping[str, np.ndarray]) -> None:
         for key, value in items.items():
             path = self._path(key)
             path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=self.SUFFIX)
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    np.save(fh, value, allow_pickle=False)
+                    fh.write(encode_record(key, value))
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            _unlink(self._path(key, self.LEGACY_SUFFIX))  # its pre-checksum entry, if any, is superseded
 
-    def _files(self) -> Iterator[Path]:
-        return (p for p in self.root.glob("??/*.npy") if not p.name.startswith("."))
+    def _files(self, suffix: str = SUFFIX) -> Iterator[Path]:
+        return (p for p in self.root.glob(f"??/*{suffix}") if not p.name.startswith("."))
+
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of every entry still there (others may delete while we look)."""
+        out = []
+        for path in self._files():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            out.append((st.st_mtime, st.st_size, path))
+        return out
 
     def keys(self) -> Iterator[str]:
         return (p.stem for p in self._files())
@@ -185,20 +233,26 @@ class DirectoryStore(FeatureStore):
     def delete(self, keys: Iterable[str]) -> int:
         n = 0
         for key in keys:
-            path = self._path(key)
-            if path.exists():
-                path.unlink(missing_ok=True)
+            try:
+                self._path(key).unlink()
                 n += 1
+            except FileNotFoundError:
+                pass
         return n
 
     def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self._files())
+        return sum(size for _, size, _ in self._entries())
 
     def prune(self, *, max_bytes: int | None = None, older_than: float | None = None) -> int:
         for tmp in self.root.glob("??/.tmp-*"):
-            if time.time() - tmp.stat().st_mtime > 3600:  # a crashed writer's leftover
-                tmp.unlink(missing_ok=True)
-        entries = sorted(((p.stat().st_mtime, p.stat().st_size, p) for p in self._files()), key=lambda e: e[0])
+            try:
+                if time.time() - tmp.stat().st_mtime > 3600:  # a crashed writer's leftover
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass  # its writer finished (renamed it) or another prune removed it
+        for legacy in self._files(self.LEGACY_SUFFIX):  # unreadable since checksums came in
+            _unlink(legacy)
+        entries = sorted(self._entries(), key=lambda e: e[0])
         removed = 0
         if older_than is not None:
             cutoff = time.time() - older_than
@@ -216,3 +270,10 @@ class DirectoryStore(FeatureStore):
                 total -= size
                 removed += 1
         return removed
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a directory, no permission: leave it; it reads as a miss again next time
+        pass

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import types
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -302,6 +305,45 @@ def test_embedded_resubmission_reuses_the_store_and_resume_skips_done_chunks(emb
     # same id, different request: refused
     with pytest.raises(ConfigError, match="different"):
         embedded.submit(images[:9], job_id=first)
+
+
+@pytest.mark.parametrize("kind", ["dir", "redis"])
+def test_a_damaged_stored_feature_is_recomputed_and_overwritten_by_the_next_job(
+    kind, tmp_path, primed, images, request, caplog
+):
+    extra = {}
+    if kind == "redis":
+        request.getfixturevalue("redis_db")
+        extra = {"batch_store": "redis", "batch_store_url": TEST_REDIS}
+    jobs = Jobs(_settings(jobs_dir=tmp_path / "jobs", store_dir=tmp_path / "store", batch_chunk_size=4, **extra))
+    first = jobs.submit(images[:4])
+    good = {r["key"]: r["evidence"]["vector"] for r in jobs.results(first, evidence=True)}
+    flipped, malformed = list(good)[:2]
+    store = jobs.store
+    if kind == "dir":
+        raw, write = (lambda k: store._path(k).read_bytes()), (lambda k, b: store._path(k).write_bytes(b))
+    else:
+        raw, write = (lambda k: store.client.get(store._rkey(k))), (lambda k, b: store.client.set(store._rkey(k), b))
+    blob = bytearray(raw(flipped))
+    blob[-5] ^= 0x01  # one bit of one vector element: returned silently before
+    write(flipped, bytes(blob))
+    body = struct.pack("<I", 3) + b"[1]" + bytes(8)  # a header that is not a dict: TypeError, chunk failed before
+    write(malformed, b"EBF2" + struct.pack("<I", zlib.crc32(body, zlib.crc32(malformed.encode()))) + body)
+
+    with caplog.at_level(logging.WARNING):
+        second = jobs.submit(images[:4])  # the user's resubmit
+    st = jobs.status(second)
+    assert (st.state, st.done, st.failed) == ("completed", 4, 0)
+    (chunk,) = jobs.chunks(second).values()
+    assert (chunk["hits"], chunk["misses"]) == (2, 2)
+    assert flipped in caplog.text and malformed in caplog.text
+    # recomputed and overwritten: every key verifies again and holds the first job's vectors
+    healed = {r["key"]: r["evidence"]["vector"] for r in jobs.results(first, evidence=True)}
+    assert set(healed) == set(good)
+    for key in good:
+        np.testing.assert_allclose(healed[key], good[key], atol=1e-5)
+    third = jobs.submit(images[:4])
+    assert [(c["hits"], c["misses"]) for c in jobs.chunks(third).values()] == [(4, 0)]
 
 
 def test_embedded_cancel_then_resume(embedded, images):
