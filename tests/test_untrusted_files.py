@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -51,6 +52,21 @@ def network(monkeypatch) -> list:
     monkeypatch.setattr(socket.socket, "connect_ex", lambda self, addr: refuse(addr))
     monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: refuse(args[:2]))
     return attempts
+
+
+def assert_refused(load, *, marker: Path | None, network: list, match: str) -> ConfigError:
+    """Run ``load``; whatever it raised, first check that no payload ran and no network was touched."""
+    try:
+        load()
+    except Exception as exc:  # noqa: BLE001 - judged below, after the side effects
+        error: BaseException | None = exc
+    else:
+        error = None
+    assert marker is None or not marker.exists(), f"the payload ran (then: {error!r})"
+    assert network == [], f"the network was touched: {network} (then: {error!r})"
+    assert isinstance(error, ConfigError), f"expected a ConfigError, got {error!r}"
+    assert re.search(match, str(error)), f"{match!r} not in {str(error)!r}"
+    return error
 
 
 def payload(marker: Path) -> str:
@@ -176,13 +192,12 @@ def test_saved_model_with_hostile_expert_fields_is_refused(case, hostile, tmp_pa
 
     make, field = HOSTILE_SPECS[case]
     model = saved_classifier(tmp_path / "model", make(hostile))
-    with pytest.raises(ConfigError) as err:
-        FewShotClassifier.load(model, settings=user_settings(tmp_path)).predict([image])
-    message = str(err.value)
-    assert f"field {field!r} may not come from a file" in message
-    assert str(model / "config.json") in message
-    assert not marker.exists()
-    assert network == []
+    assert_refused(
+        lambda: FewShotClassifier.load(model, settings=user_settings(tmp_path)).predict([image]),
+        marker=marker,
+        network=network,
+        match=re.escape(f"{model / 'config.json'}: expert ") + f".*field {field!r} may not come from a file",
+    )
 
 
 @pytest.mark.parametrize("weights", ["pickle.pt", "hubconf.py"])
@@ -194,20 +209,25 @@ def test_saved_model_naming_a_pickle_or_python_file_as_weights_runs_nothing(
 
     path = pickle_checkpoint(tmp_path / "pickle.pt", marker) if weights == "pickle.pt" else evil_hub / "hubconf.py"
     model = saved_classifier(tmp_path / "model", {"name": "timm", "model": "resnet18", "weights": str(path)})
-    with pytest.raises(ConfigError, match="not a loadable tensor checkpoint"):
-        FewShotClassifier.load(model, settings=user_settings(tmp_path)).predict([image])
-    assert not marker.exists()
-    assert network == []
+    assert_refused(
+        lambda: FewShotClassifier.load(model, settings=user_settings(tmp_path)).predict([image]),
+        marker=marker,
+        network=network,
+        match="not a loadable tensor checkpoint",
+    )
 
 
-def test_saved_model_naming_hub_weights_online_is_refused(tmp_path, network):
+def test_saved_model_naming_hub_weights_online_is_refused(tmp_path, network, image):
     """Online, a hub id in a file would choose what is downloaded; offline it only reads the local cache."""
     from workflows.fewshot import FewShotClassifier
 
     model = saved_classifier(tmp_path / "model", {"name": "timm", "model": "resnet18", "weights": "evil-org/weights"})
-    with pytest.raises(ConfigError, match="'evil-org/weights' is a hub id.*may not decide what is downloaded"):
-        FewShotClassifier.load(model, settings=user_settings(tmp_path, offline=False))
-    assert network == []
+    assert_refused(
+        lambda: FewShotClassifier.load(model, settings=user_settings(tmp_path, offline=False)).predict([image]),
+        marker=None,
+        network=network,
+        match="'evil-org/weights' is a hub id.*may not decide what is downloaded",
+    )
     offline = FewShotClassifier.load(model, settings=user_settings(tmp_path))  # nothing fetched: allowed
     assert offline.experts["branch"].weights.value == "evil-org/weights"
 
@@ -235,10 +255,12 @@ def test_bridge_job_record_with_a_hubconf_repo_is_refused(evil_hub, tmp_path, ma
     job.mkdir()
     identity = create_expert("dinov2", repo=str(evil_hub), weights=None).identity
     (job / "job.json").write_text(json.dumps({"expert": spec, "identity": identity, "prompt": "<image>"}))
-    with pytest.raises(ConfigError, match=f"{job / 'job.json'}: expert 'dinov2': field 'repo' may not come"):
-        BridgeJob.load(job, settings=user_settings(tmp_path))
-    assert not marker.exists()
-    assert network == []
+    assert_refused(
+        lambda: BridgeJob.load(job, settings=user_settings(tmp_path)),
+        marker=marker,
+        network=network,
+        match=re.escape(f"{job / 'job.json'}: expert 'dinov2': field 'repo' may not come from a file"),
+    )
 
 
 def test_bridge_record_naming_a_hub_lm_online_is_refused(tmp_path, network):
@@ -250,9 +272,12 @@ def test_bridge_record_naming_a_hub_lm_online_is_refused(tmp_path, network):
     identity = create_expert("timm", model="resnet18", weights=None).identity
     (job / "job.json").write_text(json.dumps({"expert": spec, "identity": identity, "prompt": "<image>"}))
     (job / "bridge.json").write_text(json.dumps({"lm": "local:evil-org/evil-lm"}))
-    with pytest.raises(ConfigError, match="bridge.json: field 'lm'.*'evil-org/evil-lm' is a hub id"):
-        BridgeJob.load(job, settings=user_settings(tmp_path, offline=False))
-    assert network == []
+    assert_refused(
+        lambda: BridgeJob.load(job, settings=user_settings(tmp_path, offline=False)),
+        marker=None,
+        network=network,
+        match="bridge.json: field 'lm'.*'evil-org/evil-lm' is a hub id",
+    )
 
 
 def test_classify_job_naming_a_hostile_model_fails_at_submit_and_writes_nothing(
@@ -262,11 +287,13 @@ def test_classify_job_naming_a_hostile_model_fails_at_submit_and_writes_nothing(
 
     model = saved_classifier(tmp_path / "model", HOSTILE_SPECS["local hubconf.py"][0](hostile))
     settings = user_settings(tmp_path)
-    with pytest.raises(ConfigError, match="field 'repo' may not come from a file"):
-        Jobs(settings).submit([image], task="classify", params={"model": str(model)})
+    assert_refused(
+        lambda: Jobs(settings).submit([image], task="classify", params={"model": str(model)}),
+        marker=marker,
+        network=network,
+        match="field 'repo' may not come from a file",
+    )
     assert not settings.jobs_dir.exists() or not any(settings.jobs_dir.iterdir())
-    assert not marker.exists()
-    assert network == []
 
 
 def test_classify_message_forged_past_submit_is_refused_by_the_worker(hostile, tmp_path, marker, network, image):
@@ -282,10 +309,8 @@ def test_classify_message_forged_past_submit_is_refused_by_the_worker(hostile, t
         store=None,
         experts=lambda name: pytest.fail("classify builds its experts from the model dir"),
     )
-    with pytest.raises(ConfigError, match="field 'repo' may not come from a file"):
-        get_task_kind("classify").run(ctx)
-    assert not marker.exists()
-    assert network == []
+    kind = get_task_kind("classify")
+    assert_refused(lambda: kind.run(ctx), marker=marker, network=network, match="field 'repo' may not come from a file")
 
 
 # --------------------------------------------------------------------------- pickled YOLO weights
@@ -294,19 +319,24 @@ def test_classify_message_forged_past_submit_is_refused_by_the_worker(hostile, t
 @pytest.mark.parametrize("name", ["evil.pt", "evil.pth", "evil.torchscript"])
 def test_yolo_refuses_pickles_and_code_bearing_formats(name, tmp_path, marker, network, image):
     weights = pickle_checkpoint(tmp_path / name, marker)
-    with pytest.raises(ConfigError) as err:
-        create_expert("yolo", weights=str(weights), offline=True, device="cpu").load()
-    message = str(err.value)
-    assert "EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS=1" in message and "--trust-pickle" in message
-    assert "ONNX or TFLite" in message
-    assert not marker.exists()
-    assert network == []
+    error = assert_refused(
+        lambda: create_expert("yolo", weights=str(weights), offline=True, device="cpu").load(),
+        marker=marker,
+        network=network,
+        match=f"yolo: refusing to load '.*{name}'",
+    )
+    assert "EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS=1" in str(error) and "--trust-pickle" in str(error)
+    assert "ONNX or TFLite" in str(error)
 
 
-def test_yolo_tag_is_a_downloaded_pickle_and_needs_the_opt_in(network):
-    with pytest.raises(ConfigError, match="Ultralytics tag.*Python pickle.*EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS=1"):
-        create_expert("yolo", weights="yolov8n.pt", offline=False, device="cpu")
-    assert network == []
+def test_yolo_tag_is_a_downloaded_pickle_and_needs_the_opt_in(network, monkeypatch):
+    monkeypatch.delenv("YOLO_OFFLINE", raising=False)  # online, as a user would be: ultralytics would fetch the tag
+    assert_refused(
+        lambda: create_expert("yolo", weights="yolov8n.pt", offline=False, device="cpu").load(),
+        marker=None,
+        network=network,
+        match="Ultralytics tag.*Python pickle.*EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS=1",
+    )
     create_expert("yolo", weights="yolov8n.pt", offline=False, device="cpu", trust_pickle=True)  # opted in: built
 
 
