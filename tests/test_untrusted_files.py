@@ -456,8 +456,8 @@ def test_planted_dotenv_and_pickle_in_the_working_dir_run_nothing(tmp_path, mark
         timeout=300,
     )
     output = " ".join((proc.stdout + proc.stderr).split())
+    assert not marker.exists(), f"the payload ran: {output}"
+    assert not network_log.exists(), f"the network was touched: {network_log.read_text()}"
     assert proc.returncode == 2, output
     assert "refusing to load 'yolov8n.pt'" in output and "EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS=1" in output
     assert "Traceback" not in output
-    assert not marker.exists()
-    assert not network_log.exists(), network_log.read_text()
