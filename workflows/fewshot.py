@@ -393,21 +393,28 @@ class FewShotClassifier:
 
         path = Path(path)
         config_file = path / "config.json"
-        config = json.loads(config_file.read_text())
-        if config.get("format") != FORMAT:
-            raise ConfigError(f"{path}: not a saved few-shot classifier ({config.get('format')!r})")
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{config_file}: not a readable saved classifier config ({err})") from err
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        if found != FORMAT:
+            raise ConfigError(f"{path}: not a saved few-shot classifier ({found!r})")
+        branches = config.get("branches")
+        if not isinstance(branches, list) or not all(isinstance(b, dict) and "name" in b for b in branches):
+            raise ConfigError(f"{config_file}: 'branches' must be a list of {{'name', 'spec', 'identity'}} objects")
         tensors = load_file(str(path / "model.safetensors"))
         built: dict[str, Expert] = {}
-        for b in config["branches"]:
+        for b in branches:
             expert = (experts or {}).get(b["name"])
             if expert is None:
-                if not b["spec"]:
+                if not b.get("spec"):
                     raise ConfigError(f"branch {b['name']!r} was not made by create_expert; pass experts={{...}}")
                 settings = settings or Settings()
                 expert = expert_from_stored(
                     b["spec"], source=str(config_file), runtime=settings.expert_kwargs, overrides=expert_overrides
                 )
-            if expert.identity != b["identity"]:
+            if expert.identity != b.get("identity"):
                 raise ConfigError(
                     f"branch {b['name']!r}: expert identity {expert.identity} differs from the saved one "
                     f"{b['identity']}; its features would not match the cache keys"
