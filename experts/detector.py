@@ -57,9 +57,7 @@ class YoloDetector(Expert):
 
     name = "yolo"
     evidence_type = Detections
-    offline_hint = (
-        "Put a YOLO export (e.g. yolov8n_int8.tflite or yolov8n.onnx) on disk and pass weights=PATH."
-    )
+    offline_hint = "Put a YOLO export (e.g. yolov8n_int8.tflite or yolov8n.onnx) on disk and pass weights=PATH."
     stored_fields = {**Expert.stored_fields, **dict.fromkeys(("conf", "iou", "classes", "imgsz", "max_det"), "value")}
 
     def __init__(

@@ -72,9 +72,7 @@ def _stored_fields(cls: type, spec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_stored_spec(
-    spec: Any, *, source: str, runtime: Runtime | None = None
-) -> dict[str, Any]:
+def check_stored_spec(spec: Any, *, source: str, runtime: Runtime | None = None) -> dict[str, Any]:
     """Validate an expert spec read from ``source`` (a file path, for the error messages).
 
     ``runtime`` gives the user's own arguments per expert name (for the hub-id rule above).

@@ -93,7 +93,9 @@ def evil_hub(tmp_path, marker) -> Path:
     """A torch.hub repo whose hubconf.py runs the payload on import."""
     hub = tmp_path / "evil_hub"
     hub.mkdir()
-    (hub / "hubconf.py").write_text(payload(marker) + "\n\ndef dinov2_vits14(pretrained=False):\n    raise SystemExit\n")
+    (hub / "hubconf.py").write_text(
+        payload(marker) + "\n\ndef dinov2_vits14(pretrained=False):\n    raise SystemExit\n"
+    )
     return hub
 
 
@@ -117,7 +119,9 @@ def image(tmp_path) -> str:
 
 def user_settings(tmp_path, **kw) -> Settings:
     """What the user configured: offline, CPU, nothing trusted."""
-    return Settings(**{"device": "cpu", "offline": True, "jobs_dir": tmp_path / "jobs", "store_dir": tmp_path / "s", **kw})
+    return Settings(
+        **{"device": "cpu", "offline": True, "jobs_dir": tmp_path / "jobs", "store_dir": tmp_path / "s", **kw}
+    )
 
 
 def saved_classifier(directory: Path, spec: dict, dim: int = 8) -> Path:
@@ -366,7 +370,12 @@ def test_trust_pickle_setting_reaches_the_detector(clean_env):
 def clean_env(monkeypatch, tmp_path):
     """No EXPERTBRIDGE_ENV_FILE and an empty user config dir; whatever the test (or the CLI) sets is undone."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    for var in ("EXPERTBRIDGE_ENV_FILE", "EXPERTBRIDGE_DEVICE", "EXPERTBRIDGE_OFFLINE", "EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS"):
+    for var in (
+        "EXPERTBRIDGE_ENV_FILE",
+        "EXPERTBRIDGE_DEVICE",
+        "EXPERTBRIDGE_OFFLINE",
+        "EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS",
+    ):
         monkeypatch.setenv(var, "")  # records the original value, so teardown restores it
         monkeypatch.delenv(var)
     return monkeypatch

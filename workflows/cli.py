@@ -52,7 +52,8 @@ def main(
         Path | None, typer.Option("--env-file", help="read settings from this .env file (never from the working dir)")
     ] = None,
     trust_pickle: Annotated[
-        bool, typer.Option("--trust-pickle", help="load pickled weights (YOLO .pt, Ultralytics tags): they can run code")
+        bool,
+        typer.Option("--trust-pickle", help="load pickled weights (YOLO .pt, Ultralytics tags): they can run code"),
     ] = False,
 ) -> None:
     """Bridge expert vision models and language models."""

@@ -364,9 +364,7 @@ class FewShotClassifier:
             "beta": self.cache.beta,
             "gda_alpha": self.gda_alpha,
             "clip_branch": self.clip_branch,
-            "branches": [
-                {"name": n, "spec": stored_spec(e), "identity": e.identity} for n, e in self.experts.items()
-            ],
+            "branches": [{"name": n, "spec": stored_spec(e), "identity": e.identity} for n, e in self.experts.items()],
             "report": self.report,
         }
         (path / "config.json").write_text(json.dumps(config, indent=2, default=str))

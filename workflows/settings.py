@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb cap per image")
     allow_urls: bool = Field(False, description="accept http(s) image URLs as inputs")
     trust_pickle_weights: bool = Field(
-        False, description="load pickled checkpoints (YOLO .pt, Ultralytics tags): they can run code; CLI --trust-pickle"
+        False, description="load pickled checkpoints (YOLO .pt, Ultralytics tags), which can run code; --trust-pickle"
     )
 
     yolo_weights: str = Field("yolov8n.pt", description="YOLO checkpoint, export or Ultralytics tag")
