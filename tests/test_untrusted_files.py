@@ -248,6 +248,43 @@ def test_save_writes_only_stored_fields_and_settings_supply_the_rest(tmp_path):
     assert loaded.identity == expert.identity
 
 
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"format": "expertbridge.fewshot/1", "branches": {}}'])
+def test_malformed_saved_model_config_is_a_config_error(tmp_path, text):
+    from workflows.fewshot import FewShotClassifier
+
+    model = saved_classifier(tmp_path / "model", {"name": "timm", "model": "resnet18", "weights": None})
+    (model / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match="config|classifier"):
+        FewShotClassifier.load(model, settings=user_settings(tmp_path))
+
+
+def test_nested_expert_specs_are_checked_and_get_trust_only_from_settings(tmp_path, marker, network):
+    """A stored dense captioner can neither name trust_pickle for its detector nor inherit trust it was not given."""
+    from experts.stored import expert_from_stored
+
+    evil = str(pickle_checkpoint(tmp_path / "evil.pt", marker))
+    source = str(tmp_path / "config.json")
+    runtime = user_settings(tmp_path).expert_kwargs
+    assert_refused(
+        lambda: expert_from_stored(
+            {"name": "dense_captioner", "detector": {"weights": evil, "trust_pickle": True}},
+            source=source,
+            runtime=runtime,
+        ),
+        marker=marker,
+        network=network,
+        match=re.escape(f"{source}: expert 'dense_captioner'.detector: field 'trust_pickle' may not come"),
+    )
+    assert_refused(
+        lambda: expert_from_stored(
+            {"name": "dense_captioner", "detector": {"weights": evil}}, source=source, runtime=runtime
+        ).load(),
+        marker=marker,
+        network=network,
+        match="yolo: refusing to load .*evil.pt",
+    )
+
+
 # --------------------------------------------------------------------------- job records and batch messages
 
 
