@@ -19,6 +19,7 @@ from experts.evidence import (
 )
 from experts.images import LoadedImage, load_image, load_images
 from experts.registry import create_expert, get_expert_class, list_experts, register_expert
+from experts.stored import check_stored_spec, expert_from_stored, stored_spec
 from experts.weights import WeightsRef, is_offline, resolve_weights
 
 # Importing the modules registers the experts.
@@ -42,8 +43,10 @@ __all__ = [
     "RegionCaptions",
     "WeightsNotFoundError",
     "WeightsRef",
+    "check_stored_spec",
     "create_expert",
     "evidence_from_dict",
+    "expert_from_stored",
     "get_expert_class",
     "is_offline",
     "list_experts",
@@ -51,4 +54,5 @@ __all__ = [
     "load_images",
     "register_expert",
     "resolve_weights",
+    "stored_spec",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -93,6 +93,13 @@ class Expert(ABC):
     evidence_type: ClassVar[type] = object
     #: one line on what to download when offline and weights are missing
     offline_hint: ClassVar[str] = "Pass weights=PATH to a local checkpoint."
+    #: The constructor arguments a saved model may record and a file may set, each with its kind
+    #: (checked by :mod:`experts.stored`): ``"weights"``, ``"name"`` (an architecture name),
+    #: ``"value"`` (a plain option), or an expert class (a nested spec of that expert). Everything
+    #: else -- device, offline, trust flags, hub repos, URL access -- comes from the user's settings.
+    stored_fields: ClassVar[Mapping[str, str | type]] = {"weights": "weights"}
+    #: True when the loader looks a bare weights name up on the hub (transformers), not in a tag list
+    bare_weights_names_are_hub_ids: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -227,6 +234,7 @@ class FeatureExpert(Expert):
     """
 
     evidence_type = Features
+    stored_fields = {**Expert.stored_fields, "normalize": "value"}
 
     def __init__(self, *, normalize: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -31,6 +31,11 @@ class Captioner(Expert):
     name = "captioner"
     evidence_type = Caption
     offline_hint = "Save the model and processor with save_pretrained() to a directory and pass weights=DIR."
+    stored_fields = {
+        **Expert.stored_fields,
+        **dict.fromkeys(("prompt", "max_new_tokens", "num_beams", "do_sample"), "value"),
+    }  # never trust_remote_code
+    bare_weights_names_are_hub_ids = True
 
     def __init__(
         self,

@@ -51,6 +51,7 @@ class ClipExpert(FeatureExpert):
     offline_hint = (
         "Download the open_clip checkpoint for this arch/tag (e.g. open_clip_pytorch_model.bin) and pass weights=PATH."
     )
+    stored_fields = {**FeatureExpert.stored_fields, "arch": "name", "templates": "value"}
 
     def __init__(
         self,

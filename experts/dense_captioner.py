@@ -49,6 +49,11 @@ class DenseCaptioner(Expert):
 
     name = "dense_captioner"
     evidence_type = RegionCaptions
+    stored_fields = {
+        "detector": YoloDetector,
+        "captioner": Captioner,
+        **dict.fromkeys(("max_regions", "min_box_size", "padding", "whole_image"), "value"),
+    }
 
     def __init__(
         self,
@@ -136,6 +141,8 @@ class Florence2RegionCaptioner(Expert):
     evidence_type = RegionCaptions
     task = "<DENSE_REGION_CAPTION>"
     offline_hint = "Save microsoft/Florence-2-base (model + processor) with save_pretrained() and pass weights=DIR."
+    stored_fields = {**Expert.stored_fields, "max_new_tokens": "value", "num_beams": "value"}
+    bare_weights_names_are_hub_ids = True
 
     def __init__(
         self,

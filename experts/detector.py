@@ -1,8 +1,12 @@
 """Object detection with Ultralytics YOLO.
 
-Any checkpoint or export that ``ultralytics.YOLO`` loads works: ``.pt``, ONNX,
-TFLite (needs ``ai-edge-litert``), OpenVINO, TensorRT, or a tag such as
-``yolov8n.pt`` that Ultralytics downloads when online.
+Data-only exports load as they are: ONNX, TFLite (needs ``ai-edge-litert``),
+OpenVINO and NCNN model directories, TensorRT ``.engine``. Everything else that
+``ultralytics.YOLO`` loads -- a ``.pt`` checkpoint, a tag such as ``yolov8n.pt``
+(Ultralytics downloads a ``.pt``), TorchScript, TF SavedModel -- is a Python pickle
+or a program, and loading it can run any code the file's author wrote. Those are
+refused unless the user opts in: ``trust_pickle=True``, the setting
+``EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS=1`` or ``expertbridge --trust-pickle``.
 
 >>> det = create_expert("yolo", weights="yolov8n_int8.tflite", conf=0.3)  # doctest: +SKIP
 >>> det("bus.jpg").count("person")                                       # doctest: +SKIP
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -21,7 +26,25 @@ from experts.base import Expert
 from experts.errors import ConfigError
 from experts.evidence import Detection, Detections
 from experts.registry import register_expert
-from experts.weights import missing_weights_as_error
+from experts.weights import WeightsRef, missing_weights_as_error
+
+#: Ultralytics export formats that hold data only (graphs and tensors, metadata as JSON/YAML):
+#: loading one never unpickles or runs code from the file. Ultralytics picks the format by the
+#: name's ending, exactly as matched here.
+DATA_ONLY_EXPORTS = (".onnx", ".tflite", ".engine", "_openvino_model", "_ncnn_model")
+_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
+
+
+def code_risk(ref: WeightsRef) -> str | None:
+    """Why loading ``ref`` through Ultralytics could run code from the file, or None for a data-only export."""
+    name = Path(ref.value).name.lower()
+    if ref.kind == "path" and name.endswith(DATA_ONLY_EXPORTS):
+        return None
+    if ref.kind == "tag":
+        return f"{ref.value!r} is an Ultralytics tag: it downloads a .pt checkpoint, which is a Python pickle"
+    if name.endswith(_PICKLE_SUFFIXES):
+        return f"{Path(ref.value).name} is a PyTorch checkpoint, which is a Python pickle"
+    return f"{ref.value!r} is not a data-only export ({', '.join(DATA_ONLY_EXPORTS)})"
 
 
 @register_expert
@@ -29,13 +52,13 @@ class YoloDetector(Expert):
     """YOLO detector → :class:`Detections` (pixel xyxy boxes, labels, scores).
 
     ``classes`` keeps only those classes (names like ``"person"`` or integer ids).
+    ``trust_pickle=True`` allows weights that are not a data-only export (see the module docstring).
     """
 
     name = "yolo"
     evidence_type = Detections
-    offline_hint = (
-        "Put a YOLO checkpoint or export (e.g. yolov8n.pt or yolov8n_int8.tflite) on disk and pass weights=PATH."
-    )
+    offline_hint = "Put a YOLO export (e.g. yolov8n_int8.tflite or yolov8n.onnx) on disk and pass weights=PATH."
+    stored_fields = {**Expert.stored_fields, **dict.fromkeys(("conf", "iou", "classes", "imgsz", "max_det"), "value")}
 
     def __init__(
         self,
@@ -46,6 +69,7 @@ class YoloDetector(Expert):
         classes: Sequence[str | int] | None = None,
         imgsz: int = 640,
         max_det: int = 300,
+        trust_pickle: bool = False,
         **kwargs: Any,
     ) -> None:
         if weights is None:
@@ -53,6 +77,15 @@ class YoloDetector(Expert):
         if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
             raise ConfigError(f"yolo: conf and iou must lie in [0, 1], got conf={conf}, iou={iou}")
         super().__init__(weights=weights, **kwargs)
+        risk = None if trust_pickle else code_risk(self.weights)
+        if risk is not None:
+            raise ConfigError(
+                f"yolo: refusing to load {self.weights.value!r}: {risk}, and loading it can run any code "
+                "its author put in it. Export the model to ONNX or TFLite where you trust it "
+                "(`yolo export model=yolov8n.pt format=onnx`) and pass that file, or, if you trust this "
+                "file, opt in with EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS=1 (CLI: expertbridge --trust-pickle ...; "
+                "Python: trust_pickle=True)."
+            )
         self.conf, self.iou, self.imgsz, self.max_det = conf, iou, imgsz, max_det
         self.classes = list(classes) if classes is not None else None
 

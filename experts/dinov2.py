@@ -43,6 +43,8 @@ class Dinov2Expert(FeatureExpert):
         "Clone facebookresearch/dinov2 and pass repo=DIR, and put the checkpoint "
         "(e.g. dinov2_vits14_pretrain.pth) on disk and pass weights=PATH."
     )
+    # ``repo`` and ``trust_repo`` name code to run (a hubconf.py): never from a file, only from settings.
+    stored_fields = {**FeatureExpert.stored_fields, "arch": "name", "patches": "value", "image_size": "value"}
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ class TimmEncoder(FeatureExpert):
 
     name = "timm"
     offline_hint = "Save the model's state dict (.pth or .safetensors) locally and pass weights=PATH."
+    stored_fields = {**FeatureExpert.stored_fields, "model": "name", "match": "value"}
 
     def __init__(
         self, *, model: str = "resnet50", weights: str | None = "pretrained", match: Match = "name", **kwargs: Any

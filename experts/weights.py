@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from experts.errors import WeightsNotFoundError
+from experts.errors import ConfigError, WeightsNotFoundError
 
 WeightsKind = Literal["none", "path", "hub", "tag"]
 
@@ -76,25 +76,41 @@ class WeightsRef:
         return Path(self.value)
 
 
+def weights_kind(spec: str | os.PathLike | None) -> WeightsKind:
+    """What kind of weights a spec names, without reading or locating anything (``pypi:`` is a path)."""
+    if spec is None or str(spec).strip().lower() in ("", "none", "random"):
+        return "none"
+    text = str(spec).strip()
+    if text.startswith("pypi:"):
+        return "path"
+    if text.startswith(("hf-hub:", "hf:")):
+        return "hub"
+    if Path(text).expanduser().exists() or _looks_like_path(text):
+        return "path"
+    if text.count("/") == 1 and not text.startswith("/"):
+        return "hub"
+    return "tag"
+
+
 def resolve_weights(spec: str | os.PathLike | None) -> WeightsRef:
     """Classify a weights spec; local paths must exist, ``pypi:`` files are located."""
-    if spec is None or str(spec).strip().lower() in ("", "none", "random"):
+    kind = weights_kind(spec)
+    if kind == "none":
         return WeightsRef("none", "", "random")
     text = str(spec).strip()
     if text.startswith("pypi:"):
         return _path_ref(_find_in_distribution(text[len("pypi:") :]))
-    if text.startswith(("hf-hub:", "hf:")):
-        return WeightsRef("hub", text.split(":", 1)[1], text)
+    if kind == "hub":
+        value = text.split(":", 1)[1] if text.startswith(("hf-hub:", "hf:")) else text
+        return WeightsRef("hub", value, text)
+    if kind == "tag":
+        return WeightsRef("tag", text, text)
     path = Path(text).expanduser()
-    if path.exists():
-        return _path_ref(path)
-    if _looks_like_path(text):
+    if not path.exists():
         raise WeightsNotFoundError(
             f"weights file not found: {path.resolve()} — put the file there, or pass a different path"
         )
-    if text.count("/") == 1 and not text.startswith("/"):
-        return WeightsRef("hub", text, text)
-    return WeightsRef("tag", text, text)
+    return _path_ref(path)
 
 
 def require_local(ref: WeightsRef, *, expert: str, offline: bool, hint: str) -> None:
@@ -152,6 +168,8 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def _path_ref(path: Path) -> WeightsRef:
     path = path.resolve()
+    if not (path.is_file() or path.is_dir()):  # a FIFO or a device (/dev/zero) would hang or never end
+        raise ConfigError(f"weights {path}: not a regular file or directory")
     if path.is_file():
         tag = f"{path.name}@{file_sha256(path)[:16]}"
     else:  # a model directory: hash the names and sizes of its files (cheap, content-sensitive enough)

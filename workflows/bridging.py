@@ -29,6 +29,8 @@ from bridges.registry import create_bridge
 from bridges.training import TrainResult, evaluate, train_bridge
 from cache.store import FeatureStore
 from experts import ConfigError, Expert
+from experts.stored import check_stored_weights, expert_from_stored, stored_spec
+from workflows.settings import Settings
 from workflows.store_runner import run_through_store
 
 log = logging.getLogger(__name__)
@@ -99,25 +101,46 @@ class BridgeJob:
     def save(self, directory: str | Path) -> Path:
         """The bridge (safetensors + JSON) and ``job.json``: the expert that makes its features, and the prompt."""
         directory = self.model.save(directory)
-        job = {"expert": self.expert.spec, "identity": self.expert.identity, "prompt": self.prompt}
+        job = {"expert": stored_spec(self.expert), "identity": self.expert.identity, "prompt": self.prompt}
         (Path(directory) / "job.json").write_text(json.dumps(job, indent=2, default=str))
         return Path(directory)
 
     @classmethod
-    def load(cls, directory: str | Path, *, store: FeatureStore | None = None, **expert_overrides: Any) -> BridgeJob:
-        """Rebuild a saved job: the expert from its spec (identity checked), the LM by its name, the bridge."""
-        from experts import create_expert
+    def load(
+        cls,
+        directory: str | Path,
+        *,
+        store: FeatureStore | None = None,
+        settings: Settings | None = None,
+        lm: str | None = None,
+        **expert_overrides: Any,
+    ) -> BridgeJob:
+        """Rebuild a saved job: the expert from its spec (identity checked), the LM by its name, the bridge.
 
+        The files may name only plain expert fields and local or cached weights (see :mod:`experts.stored`);
+        device, offline mode and trust flags come from ``settings`` (default: ``Settings()``), then
+        ``expert_overrides``. ``lm`` replaces the LM that ``bridge.json`` names.
+        """
         directory = Path(directory)
-        job = json.loads((directory / "job.json").read_text())
-        spec = dict(job["expert"] or {})
-        if not spec:
+        job_file = directory / "job.json"
+        job = json.loads(job_file.read_text())
+        if not job.get("expert"):
             raise ConfigError(f"{directory}: the expert was not made by create_expert; cannot rebuild it")
-        expert = create_expert(spec.pop("name"), **{**spec, **expert_overrides})
+        settings = settings or Settings()
+        expert = expert_from_stored(
+            job["expert"], source=str(job_file), runtime=settings.expert_kwargs, overrides=expert_overrides
+        )
         if expert.identity != job["identity"]:
             raise ConfigError(f"{directory}: expert identity {expert.identity} differs from the trained one")
-        lm_name = json.loads((directory / "bridge.json").read_text()).get("lm") or DEFAULT_LOCAL_MODEL
-        net, tokenizer, name = load_local_lm(lm_name)
+        if lm is None:
+            lm = json.loads((directory / "bridge.json").read_text()).get("lm") or DEFAULT_LOCAL_MODEL
+            check_stored_weights(
+                lm.partition(":")[2] or None,
+                where=f"{directory / 'bridge.json'}: field 'lm'",
+                runtime=settings.expert_defaults(),
+                bare_names_are_hub_ids=True,
+            )
+        net, tokenizer, name = load_local_lm(lm)
         return cls(expert, BridgedLM.load(directory, net, tokenizer, lm_name=name), store, job["prompt"])
 
     def features(self, images: Sequence[str]) -> tuple[list[torch.Tensor | None], dict[str, str]]:

@@ -8,6 +8,7 @@ expertbridge run timm photos/ --out features.jsonl
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -34,7 +35,7 @@ from workflows.commands import bridge as bridge_commands
 from workflows.commands import fewshot as fewshot_commands  # noqa: E402
 from workflows.commands.ask import ask_cmd
 from workflows.inputs import expand_inputs
-from workflows.settings import Settings
+from workflows.settings import ENV_FILE_VAR, Settings
 
 app = typer.Typer(help="Bridge expert vision models and language models.", no_args_is_help=True, add_completion=False)
 app.add_typer(fewshot_commands.app, name="fewshot")
@@ -43,6 +44,30 @@ app.command("worker")(batch_commands.worker_cmd)
 app.command("ask")(ask_cmd)
 app.add_typer(bridge_commands.app, name="bridge")
 console = Console(stderr=True)
+
+
+@app.callback()
+def main(
+    env_file: Annotated[
+        Path | None, typer.Option("--env-file", help="read settings from this .env file (never from the working dir)")
+    ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option("--trust-pickle", help="load pickled weights (YOLO .pt, Ultralytics tags): they can run code"),
+    ] = False,
+) -> None:
+    """Bridge expert vision models and language models."""
+    # Both travel as environment variables, so every Settings() of this process and of the
+    # workers it starts sees them; a .env file may not grant trust (workflows/settings.py).
+    if env_file is not None:
+        os.environ[ENV_FILE_VAR] = str(env_file)
+    if trust_pickle:
+        os.environ["EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS"] = "1"
+    try:
+        Settings()
+    except ExpertBridgeError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:

@@ -33,10 +33,12 @@ from cache.gda import GDAHead, fit_gda
 from cache.search import accuracy, search_alpha_beta, search_gda_alpha
 from cache.store import FeatureStore
 from cache.training import train_keys
-from experts import ConfigError, Expert, ItemResult, create_expert
+from experts import ConfigError, Expert, ItemResult
 from experts.clip import ClipExpert
 from experts.images import ImageSource
+from experts.stored import expert_from_stored, stored_spec
 from workflows.datasets import LabelledImages
+from workflows.settings import Settings
 from workflows.store_runner import run_through_store
 
 log = logging.getLogger(__name__)
@@ -362,7 +364,7 @@ class FewShotClassifier:
             "beta": self.cache.beta,
             "gda_alpha": self.gda_alpha,
             "clip_branch": self.clip_branch,
-            "branches": [{"name": n, "spec": e.spec, "identity": e.identity} for n, e in self.experts.items()],
+            "branches": [{"name": n, "spec": stored_spec(e), "identity": e.identity} for n, e in self.experts.items()],
             "report": self.report,
         }
         (path / "config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -375,26 +377,42 @@ class FewShotClassifier:
         *,
         experts: Mapping[str, Expert] | None = None,
         store: FeatureStore | None = None,
+        settings: Settings | None = None,
         **expert_overrides: Any,
     ) -> FewShotClassifier:
-        """Rebuild a saved classifier. Experts are re-created from their saved specs (``expert_overrides``
-        such as ``device="cuda"`` apply to all) unless given by branch name; their identity must match."""
+        """Rebuild a saved classifier; experts given by branch name are used as they are.
+
+        The others are re-created from the file's stored specs, which may hold only plain fields
+        (architecture, weights, preprocessing; see :mod:`experts.stored`): device, offline mode,
+        trust flags and hub repos come from ``settings`` (default: ``Settings()``, the user's),
+        then ``expert_overrides`` such as ``device="cuda"``. Each identity must match the saved one.
+        """
         from safetensors.torch import load_file
 
         path = Path(path)
-        config = json.loads((path / "config.json").read_text())
-        if config.get("format") != FORMAT:
-            raise ConfigError(f"{path}: not a saved few-shot classifier ({config.get('format')!r})")
+        config_file = path / "config.json"
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{config_file}: not a readable saved classifier config ({err})") from err
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        if found != FORMAT:
+            raise ConfigError(f"{path}: not a saved few-shot classifier ({found!r})")
+        branches = config.get("branches")
+        if not isinstance(branches, list) or not all(isinstance(b, dict) and "name" in b for b in branches):
+            raise ConfigError(f"{config_file}: 'branches' must be a list of {{'name', 'spec', 'identity'}} objects")
         tensors = load_file(str(path / "model.safetensors"))
         built: dict[str, Expert] = {}
-        for b in config["branches"]:
+        for b in branches:
             expert = (experts or {}).get(b["name"])
             if expert is None:
-                if not b["spec"]:
+                if not b.get("spec"):
                     raise ConfigError(f"branch {b['name']!r} was not made by create_expert; pass experts={{...}}")
-                spec = dict(b["spec"])
-                expert = create_expert(spec.pop("name"), **{**spec, **expert_overrides})
-            if expert.identity != b["identity"]:
+                settings = settings or Settings()
+                expert = expert_from_stored(
+                    b["spec"], source=str(config_file), runtime=settings.expert_kwargs, overrides=expert_overrides
+                )
+            if expert.identity != b.get("identity"):
                 raise ConfigError(
                     f"branch {b['name']!r}: expert identity {expert.identity} differs from the saved one "
                     f"{b['identity']}; its features would not match the cache keys"

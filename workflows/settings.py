@@ -1,7 +1,14 @@
-"""Settings: read once, here, from ``EXPERTBRIDGE_*`` environment variables (or a ``.env``).
+"""Settings: read once, here, from ``EXPERTBRIDGE_*`` environment variables (or one ``.env`` file).
 
 Everything below ``workflows/`` receives plain values from a :class:`Settings`
 instance; nothing else reads the environment for configuration.
+
+The ``.env`` file is read only where the user points: ``EXPERTBRIDGE_ENV_FILE=PATH``
+(CLI: ``expertbridge --env-file PATH``), else ``~/.config/expertbridge/.env`` if it
+exists -- never from the working directory, where anyone's download may have put one.
+And a ``.env`` may only *restrict* what is trusted: the settings in :data:`ENV_ONLY`
+(pickled weights, URL inputs, downloads, the DINOv2 hub repo) may be set there only to
+their safe value; granting them takes the real environment or a CLI flag.
 
 >>> Settings(device="cpu").device
 'cpu'
@@ -9,24 +16,90 @@ instance; nothing else reads the environment for configuration.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, TypeAdapter, ValidationError
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from experts.dinov2 import OFFICIAL_REPO
+from experts.errors import ConfigError
 from experts.weights import is_offline
+
+ENV_FILE_VAR = "EXPERTBRIDGE_ENV_FILE"
+
+#: Settings that grant trust (run code from a file, fetch from the network), each with the only
+#: value a ``.env`` file may give it.
+ENV_ONLY: Mapping[str, Any] = {
+    "trust_pickle_weights": False,
+    "allow_urls": False,
+    "offline": True,
+    "dinov2_repo": OFFICIAL_REPO,
+}
+
+
+def env_file_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The one ``.env`` file settings read: ``$EXPERTBRIDGE_ENV_FILE``, else the user's config dir's, else none."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(ENV_FILE_VAR, "").strip()
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{ENV_FILE_VAR}={named}: no such file")
+        return path
+    path = Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "expertbridge" / ".env"
+    return path if path.is_file() else None
+
+
+class _RestrictingDotEnv(DotEnvSettingsSource):
+    """The ``.env`` source, refusing any value that would grant trust (see :data:`ENV_ONLY`)."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for name, safe in ENV_ONLY.items():
+            if name not in values:
+                continue
+            try:
+                value = TypeAdapter(type(safe)).validate_python(values[name])
+            except ValidationError:
+                value = values[name]
+            if value != safe:
+                var = f"EXPERTBRIDGE_{name.upper()}"
+                allowed = int(safe) if isinstance(safe, bool) else safe
+                raise ConfigError(
+                    f"{self.env_file}: {var}={values[name]} grants trust, so it may not come from a .env file; "
+                    f"set it in the environment or with a CLI flag (a .env may only set {var}={allowed})"
+                )
+        return values
 
 
 class Settings(BaseSettings):
     """User-level configuration; each field is also ``EXPERTBRIDGE_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="EXPERTBRIDGE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EXPERTBRIDGE_", env_file=None, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        dotenv = _RestrictingDotEnv(settings_cls, env_file=env_file_path())
+        return init_settings, env_settings, dotenv, file_secret_settings
 
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     offline: bool = Field(default_factory=is_offline, description="never download weights")
     batch_size: int = Field(16, ge=1)
     max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb cap per image")
     allow_urls: bool = Field(False, description="accept http(s) image URLs as inputs")
+    trust_pickle_weights: bool = Field(
+        False, description="load pickled checkpoints (YOLO .pt, Ultralytics tags), which can run code; --trust-pickle"
+    )
 
     yolo_weights: str = Field("yolov8n.pt", description="YOLO checkpoint, export or Ultralytics tag")
     encoder_model: str = Field("tf_efficientnet_lite0", description="timm architecture of the default encoder")
@@ -48,13 +121,13 @@ class Settings(BaseSettings):
     def expert_kwargs(self, name: str) -> dict:
         """Constructor arguments for expert ``name``: the shared ones plus its configured weights."""
         specific = {
-            "yolo": {"weights": self.yolo_weights},
+            "yolo": {"weights": self.yolo_weights, "trust_pickle": self.trust_pickle_weights},
             "timm": {"model": self.encoder_model, "weights": self.encoder_weights, "match": self.encoder_match},
             "clip": {"arch": self.clip_arch, "weights": self.clip_weights},
             "dinov2": {"repo": self.dinov2_repo, "weights": self.dinov2_weights},
             "captioner": {"weights": self.captioner_weights},
             "dense_captioner": {
-                "detector": {"weights": self.yolo_weights},
+                "detector": {"weights": self.yolo_weights, "trust_pickle": self.trust_pickle_weights},
                 "captioner": {"weights": self.captioner_weights},
             },
         }

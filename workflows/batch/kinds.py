@@ -126,8 +126,16 @@ def _model_dir(params: Mapping[str, Any]) -> Path:
 def _plan_classify(experts: Sequence[str], params: Mapping[str, Any], settings: Settings) -> list[Lane]:
     import json
 
-    config = json.loads((_model_dir(params) / "config.json").read_text())
-    branches = [b["spec"]["name"] for b in config.get("branches", []) if b.get("spec")]
+    from experts.stored import check_stored_spec
+
+    config_file = _model_dir(params) / "config.json"
+    config = json.loads(config_file.read_text())
+    # The file may only hold plain expert fields (experts/stored.py): refuse it here, before anything is written.
+    branches = [
+        check_stored_spec(b["spec"], source=str(config_file), runtime=settings.expert_kwargs)["name"]
+        for b in config.get("branches", [])
+        if b.get("spec")
+    ]
     if not branches:
         raise ConfigError(f"{params['model']}: the classifier names no expert branches")
     return [Lane("classify", branches[0])]  # routed to its first expert's queue (its workers have the weights)
@@ -143,7 +151,7 @@ def _run_classify(ctx: ChunkContext) -> list[dict]:
     cache_key = (str(path.resolve()), os.path.getmtime(path / "config.json"))
     clf = _CLASSIFIERS.get(cache_key)
     if clf is None:
-        clf = _CLASSIFIERS[cache_key] = FewShotClassifier.load(path, device=ctx.settings.device)
+        clf = _CLASSIFIERS[cache_key] = FewShotClassifier.load(path, settings=ctx.settings)
     clf.store = ctx.store
     preds = clf.predict([src for _, src in ctx.items])
     rows = []

@@ -82,7 +82,8 @@ def train_cmd(
 def eval_cmd(model: Annotated[Path, typer.Argument(help="directory written by `bridge train`")], pairs: PairsArg):
     """Mean caption loss of a trained bridge on image–caption pairs."""
     try:
-        job = BridgeJob.load(model, store=DirectoryStore(Settings().store_dir))
+        settings = Settings()
+        job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
         loss = job.eval_loss(read_pairs(pairs))
     except ExpertBridgeError as err:
         _fail(err)
@@ -98,7 +99,8 @@ def caption_cmd(
 ) -> None:
     """Caption images with a trained bridge (greedy decoding from the image features)."""
     try:
-        job = BridgeJob.load(model, store=DirectoryStore(Settings().store_dir))
+        settings = Settings()
+        job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
         rows = job.caption(expand_inputs(images), max_new_tokens=max_new_tokens)
     except ExpertBridgeError as err:
         _fail(err)

@@ -161,7 +161,7 @@ def predict_cmd(
 
     settings = Settings()
     try:
-        clf = FewShotClassifier.load(model, store=DirectoryStore(settings.store_dir))
+        clf = FewShotClassifier.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
         preds = clf.predict(expand_inputs(images))
     except ExpertBridgeError as err:
         console.print(f"[red]error:[/red] {err}")
