@@ -268,6 +268,29 @@ class BridgedLM:
                 f"{meta_path}: format_version {meta.get('format_version')!r} is not supported "
                 f"(this version reads {FORMAT_VERSION})"
             )
-        bridge = create_bridge(**meta["bridge"])
+        bridge = _bridge_matching_file(meta["bridge"], weights_path)
         bridge.load_state_dict(load_file(str(weights_path)))
         return cls(lm, tokenizer, bridge, meta["image_token"], lm_name=lm_name if lm_name is not None else meta["lm"])
+
+
+def _bridge_matching_file(config: dict[str, Any], weights_path: Path) -> torch.nn.Module:
+    """Build the bridge a saved config describes, allocating only once its shapes match the weights file.
+
+    ``bridge.json`` is a few bytes a user only reads: ``in_dim: 10**9`` must not cost gigabytes. The bridge
+    is built on the meta device (no memory), its parameter shapes are compared with the tensors actually
+    stored in the safetensors file, and only then is real memory allocated — at most the file's own size.
+    """
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        bridge = create_bridge(**config)
+    expected = {name: tuple(t.shape) for name, t in bridge.state_dict().items()}
+    with safe_open(str(weights_path), framework="pt") as fh:
+        stored = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
+    if stored != expected:
+        differ = sorted(n for n in set(stored) | set(expected) if stored.get(n) != expected.get(n))
+        raise ConfigError(
+            f"{weights_path}: the stored tensors do not match the bridge its config describes "
+            f"(first differing: {differ[0]} stored {stored.get(differ[0])} vs config {expected.get(differ[0])})"
+        )
+    return bridge.to_empty(device="cpu")

@@ -315,6 +315,22 @@ def test_load_rejects_missing_files_and_unknown_versions(tmp_path):
         BridgedLM.load(path, model.lm, model.tokenizer)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "query"])
+def test_a_tiny_config_asking_for_a_huge_bridge_costs_no_memory(tmp_path, kind):
+    """bridge.json is a file the user only reads: in_dim=10**9 is refused before anything is allocated."""
+    import resource
+
+    model = tiny_model(kind)
+    path = model.save(tmp_path / "b")
+    meta = json.loads((path / "bridge.json").read_text())
+    meta["bridge"]["in_dim"] = 10**9  # an MLP of 10**9 x lm_dim floats: gigabytes if built for real
+    (path / "bridge.json").write_text(json.dumps(meta))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ConfigError, match="do not match the bridge its config describes"):
+        BridgedLM.load(path, model.lm, model.tokenizer)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: < 200 MB
+
+
 def test_soft_tokens_take_the_embedding_dtype():
     model = tiny_model("mlp")
     model.lm.to(torch.bfloat16)
