@@ -321,7 +321,8 @@ class Jobs:
             "params": params,
             "chunk_size": chunk_size,
             "n_inputs": len(sources),
-            "inputs_sha256": hashlib.sha256("\n".join(sources).encode()).hexdigest(),
+            # os.fsencode: a file name that is not valid UTF-8 hashes as its bytes instead of raising
+            "inputs_sha256": hashlib.sha256(b"\n".join(map(os.fsencode, sources))).hexdigest(),
         }
         if job_id is not None and not _JOB_ID.match(job_id):
             raise ConfigError(f"job id {job_id!r}: use letters, digits, '.', '_' or '-' (at most 64)")

@@ -172,7 +172,8 @@ class RedisJobRecords(JobRecords):
             pipe.delete(*self._all_keys(job_id))
             pipe.hset(self._k(job_id, "meta"), mapping={k: json.dumps(v) for k, v in meta.items()})
             for start in range(0, len(inputs), 10_000):
-                pipe.rpush(self._k(job_id, "inputs"), *inputs[start : start + 10_000])
+                # as file-system bytes: a non-UTF-8 file name (a surrogate-escaped str) is stored, not refused
+                pipe.rpush(self._k(job_id, "inputs"), *map(os.fsencode, inputs[start : start + 10_000]))
             for key in self._all_keys(job_id)[:2]:
                 pipe.expire(key, self.ttl)
             pipe.zadd(f"{PREFIX}:jobs", {job_id: float(meta.get("created_at", time.time()))})
@@ -212,7 +213,7 @@ class RedisJobRecords(JobRecords):
 
     def inputs(self, job_id: str) -> list[str]:
         raw = self._retry(lambda: self.client.lrange(self._k(job_id, "inputs"), 0, -1))
-        return [r.decode() for r in raw]
+        return [os.fsdecode(r) for r in raw]
 
     def begin_chunk(self, job_id: str, chunk: int, fields: Sequence[str], worker: str = "") -> ChunkStart:
         def run():
