@@ -21,6 +21,7 @@ from rich.table import Column, Table
 
 from experts import ConfigError, ExpertBridgeError, create_expert, get_expert_class
 from workflows.batch.jobs import Jobs, JobStatus, new_job_id, queue_for
+from workflows.batch.records import check_job_id
 from workflows.rendering import markup
 from workflows.settings import Settings
 
@@ -106,8 +107,8 @@ def submit_cmd(
     if question is not None:
         params["question"] = question
     names = [n.strip() for n in (experts or "").split(",") if n.strip()]
-    job_id = job_id or new_job_id()
     try:
+        job_id = new_job_id() if job_id is None else check_job_id(job_id)
         if jobs.embedded:
             console.print(
                 f"job {job_id}, in-process (no EXPERTBRIDGE_BROKER_URL); if interrupted, resubmit with "
