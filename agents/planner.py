@@ -162,7 +162,8 @@ class Planner:
                 f"tool 'detect_objects' was still running at {elapsed:.1f}s"
             )
             trace.steps.append(Step("limit", elapsed, 0.0, content=reason))
-            trace.mode, trace.stopped_by, trace.answer, trace.seconds = "rule", reason, f"(no answer: {reason})", elapsed
+            trace.mode, trace.stopped_by, trace.seconds = "rule", reason, elapsed
+            trace.answer = f"(no answer: {reason})"
             return ReasoningResult(trace.answer, None, [], trace)
         step = _tool_step(message, "detect_objects", {"labels": [matched.label]}, t0 - start, time.perf_counter() - t0)
         trace.steps.append(step)

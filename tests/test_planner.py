@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import types
 
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
@@ -280,3 +281,16 @@ def test_reply_cap_uses_each_models_own_setting_and_never_raises_it():
     assert reply_cap(LocalChatModel(model="/no/such/model"), 1024) == {"max_new_tokens": 256}  # its default
     assert reply_cap(LocalChatModel(model="/no/such/model", max_new_tokens=4096), 1024) == {"max_new_tokens": 1024}
     assert reply_cap(ScriptedChatModel(), 77) == {"max_tokens": 77}
+
+
+def test_time_budget_also_bounds_the_rule_path():
+    toolbox = SlowToolbox(8.0)
+    toolbox.detector = types.SimpleNamespace(names={0: "person"})  # the rule path: no LLM, one detector call
+    model = ScriptedChatModel(steps=[])
+    t0 = time.perf_counter()
+    result = Planner(model, toolbox, rules=True, limits=PlannerLimits(time_budget_s=1.0)).run("x.jpg", "How many people?")
+    assert time.perf_counter() - t0 < 1.0 + 1.5
+    toolbox.release.set()
+    assert result.trace.mode == "rule" and model.calls == []
+    assert result.trace.stopped_by.startswith("time budget of 1s exceeded: tool 'detect_objects' was still running")
+    assert result.answer == f"(no answer: {result.trace.stopped_by})"
