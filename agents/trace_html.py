@@ -92,4 +92,5 @@ def _step(i: int, step: Step) -> str:
             f"<code>({escape(json.dumps(step.arguments))})</code> <span class='meta'>{timing}{store}</span>"
             f"<pre>{escape(step.output or '')}</pre></div>"
         )
-    return f'<div class="step {step.kind}"><b>{i}. {step.kind}</b> <pre>{escape(step.content or "")}</pre></div>'
+    kind = escape(str(step.kind))  # a trace read back from JSON is text like any other
+    return f'<div class="step {kind}"><b>{i}. {kind}</b> <pre>{escape(step.content or "")}</pre></div>'

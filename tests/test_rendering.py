@@ -128,3 +128,28 @@ def test_fewshot_eval_and_predict_with_odd_class_names(tmp_path, odd_dataset, mo
     assert labels and labels <= {MATHTEXT, "[bold]bees"}
     for label in labels:
         assert label in res.output  # each class name, shown literally in the table
+
+
+def test_html_trace_escapes_every_field_of_a_trace_read_back_from_json():
+    from agents.trace import Trace
+    from agents.trace_html import trace_to_html
+
+    evil = "<img src=x onerror=alert(1)>"
+    data = {
+        "question": evil,
+        "image": evil,
+        "model": evil,
+        "mode": evil,
+        "answer": evil,
+        "rationale": evil,
+        "evidence_used": [evil],
+        "stopped_by": evil,
+        "steps": [
+            {"kind": "model", "started": 0, "seconds": 0, "content": evil, "note": evil,
+             "tool_calls": [{"name": evil, "args": {evil: evil}}]},
+            {"kind": "tool", "started": 0, "seconds": 0, "tool": evil, "arguments": {evil: evil}, "output": evil},
+            {"kind": evil, "started": 0, "seconds": 0, "content": evil},
+        ],
+    }
+    page = trace_to_html(Trace.from_dict(data))
+    assert "<img" not in page and page.count("&lt;img src=x onerror=alert(1)&gt;") >= 12
