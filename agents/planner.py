@@ -10,7 +10,12 @@ Built on LangChain's ``create_agent`` (a LangGraph tool loop). One middleware, t
 
 * limits: model calls, tool calls, total tokens and wall-clock time; when a budget runs
   out the model is asked to answer with what it has (tools are withdrawn), or the run
-  stops and says which limit stopped it;
+  stops and says which limit stopped it. The time budget holds *during* calls too: each
+  model and tool call runs with the remaining time as its deadline, and one that overruns
+  is abandoned (its thread finishes in the background; its result is dropped) and the run
+  ends "time budget exceeded". Each reply is capped twice: ``max_reply_tokens`` goes to
+  the chat model (:func:`~agents.chat.reply_cap`), and a reply text still longer than
+  ``max_reply_chars`` is cut, with a note on its trace step;
 * safety: only registered tools run; unknown names and failing tools come back to the
   model as error text, never as exceptions; the model never executes code;
 * the trace: prompt size, latency and tokens of each model call; inputs, outputs, time
@@ -25,10 +30,13 @@ without the LLM (see :mod:`agents.rules`), and the trace says so (``mode="rule"`
 
 from __future__ import annotations
 
+import contextvars
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse, ToolCallRequest
@@ -36,6 +44,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from agents import rules
+from agents.chat.factory import reply_cap
 from agents.tools import ExpertToolbox
 from agents.trace import Step, Trace
 from experts.images import ImageSource
@@ -52,15 +61,21 @@ Evidence: <the names of the tools whose results you used, comma-separated>"""
 
 ANSWER_NOW = "Tool budget used up. Answer now from the evidence above, in the required format."
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class PlannerLimits:
-    """Budgets of one run. ``max_tokens`` counts prompt + completion tokens of every model call."""
+    """Budgets of one run. ``max_tokens`` counts prompt + completion tokens of every model call;
+    ``time_budget_s`` is wall-clock, enforced during calls; ``max_reply_tokens`` caps each reply
+    at the model (where it has such a setting) and ``max_reply_chars`` cuts a longer reply text."""
 
     max_tool_calls: int = 6
     max_model_calls: int = 8
     max_tokens: int = 16_000
     time_budget_s: float = 300.0
+    max_reply_tokens: int = 1024
+    max_reply_chars: int = 8192
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,21 @@ class Planner:
             return None
         tool = next(t for t in self.toolbox.tools_for(image) if t.name == "detect_objects")
         t0 = time.perf_counter()
-        message = tool.invoke(_call("detect_objects", {"labels": [matched.label]}))
+        try:
+            message = run_with_deadline(
+                lambda: tool.invoke(_call("detect_objects", {"labels": [matched.label]})),
+                self.limits.time_budget_s - (t0 - start),
+            )
+        except TimeoutError:
+            elapsed = time.perf_counter() - start
+            reason = (
+                f"time budget of {self.limits.time_budget_s:g}s exceeded: "
+                f"tool 'detect_objects' was still running at {elapsed:.1f}s"
+            )
+            trace.steps.append(Step("limit", elapsed, 0.0, content=reason))
+            trace.mode, trace.stopped_by, trace.seconds = "rule", reason, elapsed
+            trace.answer = f"(no answer: {reason})"
+            return ReasoningResult(trace.answer, None, [], trace)
         step = _tool_step(message, "detect_objects", {"labels": [matched.label]}, t0 - start, time.perf_counter() - t0)
         trace.steps.append(step)
         if step.error:
@@ -158,9 +187,18 @@ class _Guard(AgentMiddleware):
         self.trace, self.limits, self.allowed, self.start, self.look_first = trace, limits, allowed, start, look_first
         self.tokens = 0
         self.tool_calls = 0
+        self.exceeded: str | None = None  # set when a call overran the time budget and was abandoned
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def _remaining(self) -> float:
+        return self.limits.time_budget_s - self._elapsed()
+
+    def _overran(self, what: str) -> str:
+        budget = self.limits.time_budget_s
+        self.exceeded = f"time budget of {budget:g}s exceeded: {what} was still running at {self._elapsed():.1f}s"
+        return self.exceeded
 
     def _stop(self, reason: str) -> ModelResponse:
         self.trace.stopped_by = reason
@@ -169,6 +207,8 @@ class _Guard(AgentMiddleware):
 
     def wrap_model_call(self, request: ModelRequest, handler) -> ModelResponse:
         model_calls = len(self.trace.model_steps)
+        if self.exceeded:
+            return self._stop(self.exceeded)
         if model_calls >= self.limits.max_model_calls:
             return self._stop(f"model-call limit of {self.limits.max_model_calls} reached")
         if self.tokens >= self.limits.max_tokens:
@@ -181,10 +221,23 @@ class _Guard(AgentMiddleware):
         elif model_calls == 0 and self.look_first and request.tools:
             # The model cannot see the image: its first move must be to look (small models otherwise guess).
             request = request.override(tool_choice="any")
+        cap = reply_cap(request.model, self.limits.max_reply_tokens)
+        if cap:
+            request = request.override(model_settings={**request.model_settings, **cap})
         t0 = time.perf_counter()
-        response = handler(request)
+        try:
+            response = run_with_deadline(lambda: handler(request), self._remaining())
+        except TimeoutError:
+            return self._stop(self._overran("the model call"))
         seconds = time.perf_counter() - t0
-        message = next((m for m in reversed(response.result) if isinstance(m, AIMessage)), AIMessage(""))
+        replies = [i for i, m in enumerate(response.result) if isinstance(m, AIMessage)]
+        message = response.result[replies[-1]] if replies else AIMessage("")
+        note = None
+        if len(_text(message)) > self.limits.max_reply_chars:  # a model that ignored (or has no) reply cap
+            message, note = _cut(message, self.limits.max_reply_chars)
+            result = list(response.result)
+            result[replies[-1]] = message
+            response = ModelResponse(result=result, structured_response=response.structured_response)
         usage = message.usage_metadata or {}
         prompt_chars = len(request.system_prompt or "") + sum(len(_text(m)) for m in request.messages)
         inputs = usage.get("input_tokens", prompt_chars // 4)  # ~4 characters a token when the model won't say
@@ -201,6 +254,7 @@ class _Guard(AgentMiddleware):
                 output_tokens=outputs,
                 content=_text(message),
                 tool_calls=[{"name": c["name"], "args": c["args"]} for c in message.tool_calls],
+                note=note,
             )
         )
         return response
@@ -221,12 +275,56 @@ class _Guard(AgentMiddleware):
         else:
             self.tool_calls += 1
             try:
-                message = handler(request)
+                message = run_with_deadline(lambda: handler(request), self._remaining())
+            except TimeoutError:
+                text = f"error: {self._overran(f'tool {name!r}')}; its result was dropped"
+                message = ToolMessage(text, tool_call_id=call_id, name=name, status="error")
             except Exception as err:  # noqa: BLE001 - a tool failure is evidence for the model, not a crash
                 message = ToolMessage(f"error: {type(err).__name__}: {err}", tool_call_id=call_id, name=name)
                 message.status = "error"
         self.trace.steps.append(_tool_step(message, name, args, t0 - self.start, time.perf_counter() - t0))
         return message
+
+
+def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:
+    """``fn()``, or ``TimeoutError`` once ``seconds`` have passed without it returning.
+
+    ``fn`` runs in a daemon thread (with this thread's context variables, which LangChain's
+    callbacks use). Python cannot stop a thread: an overrunning call is *abandoned*, it finishes
+    in the background and its result is dropped, and it never holds up the process's exit.
+    """
+    if seconds <= 0:
+        raise TimeoutError("no time left")
+    outcome: dict[str, Any] = {}
+    finished = threading.Event()
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome["value"] = context.run(fn)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = err
+        finally:
+            finished.set()
+
+    threading.Thread(target=target, name="planner-call", daemon=True).start()
+    if not finished.wait(min(seconds, threading.TIMEOUT_MAX)):
+        raise TimeoutError(f"still running after {seconds:.1f}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _cut(message: AIMessage, limit: int) -> tuple[AIMessage, str]:
+    """The reply with its text cut to ``limit`` characters (head and tail kept, so a final ``Answer:`` line
+    survives), and the note saying so."""
+    text = _text(message)
+    marker = f"\n[… {len(text) - limit:,} characters cut …]\n"
+    head = max(0, (limit - len(marker)) // 2)
+    tail = max(0, limit - len(marker) - head)
+    cut = text[:head] + marker + (text[-tail:] if tail else "")
+    note = f"reply of {len(text):,} characters cut to {len(cut):,} (max_reply_chars={limit})"
+    return message.model_copy(update={"content": cut}), note
 
 
 def _tool_step(message: ToolMessage, name: str, args: dict, started: float, seconds: float) -> Step:

@@ -39,6 +39,7 @@ class Step:
     store_hits: int | None = None
     store_misses: int | None = None
     error: str | None = None
+    note: str | None = None  # what the planner changed, e.g. a model reply cut to max_reply_chars
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, [], {})}

@@ -78,8 +78,9 @@ def _step(i: int, step: Step) -> str:
             f"{step.prompt_messages} messages, {step.prompt_chars} chars in; "
             f"{step.input_tokens} tokens in, {step.output_tokens} out; {timing}"
         )
+        note = f'<p class="meta">note: {escape(step.note)}</p>' if step.note else ""
         return (
-            f'<div class="step model"><b>{i}. model</b> <span class="meta">{meta}</span>'
+            f'<div class="step model"><b>{i}. model</b> <span class="meta">{meta}</span>{note}'
             f"<pre>{escape(step.content or '')}</pre>{calls}</div>"
         )
     if step.kind == "tool":
@@ -91,4 +92,5 @@ def _step(i: int, step: Step) -> str:
             f"<code>({escape(json.dumps(step.arguments))})</code> <span class='meta'>{timing}{store}</span>"
             f"<pre>{escape(step.output or '')}</pre></div>"
         )
-    return f'<div class="step {step.kind}"><b>{i}. {step.kind}</b> <pre>{escape(step.content or "")}</pre></div>'
+    kind = escape(str(step.kind))  # a trace read back from JSON is text like any other
+    return f'<div class="step {kind}"><b>{i}. {kind}</b> <pre>{escape(step.content or "")}</pre></div>'

@@ -11,6 +11,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -30,8 +31,8 @@ from cache.store import DirectoryStore
 from experts import ConfigError
 from workflows.batch import BatchUnavailableError, JobNotFoundError, Jobs
 from workflows.batch import runner as batch_runner
-from workflows.batch.jobs import batch_store, plan_messages, read_manifest
-from workflows.batch.records import RedisJobRecords, redis_client
+from workflows.batch.jobs import batch_store, new_job_id, plan_messages, read_manifest
+from workflows.batch.records import DirectoryJobRecords, RedisJobRecords, check_job_id, redis_client
 from workflows.commands import batch as batch_cli
 from workflows.settings import Settings
 
@@ -60,6 +61,23 @@ def bad_files(tmp_path, images) -> dict[str, str]:
     empty = folder / "empty.jpg"
     empty.write_bytes(b"")
     return {"truncated": str(truncated), "text": str(text), "empty": str(empty), "missing": str(folder / "gone.jpg")}
+
+
+@pytest.fixture
+def odd_names(tmp_path, images) -> dict[str, bytes]:
+    """A folder of 4 good images, two of them under names that are not valid UTF-8, and a corrupt file
+    with such a name; values are the file-system paths as bytes (keys: good0..good3, corrupt)."""
+    folder = os.path.join(os.fsencode(tmp_path), b"odd\xff names")
+    os.mkdir(folder)
+    names = [b"a.jpg", b"b\xe9\xff.jpg", b"c.jpg", b"d\xfe[red].jpg"]
+    paths = {}
+    for n, (name, image) in enumerate(zip(names, images)):
+        paths[f"good{n}"] = os.path.join(folder, name)
+        shutil.copy(image, paths[f"good{n}"])
+    paths["corrupt"] = os.path.join(folder, b"e\xff.jpg")
+    with open(paths["corrupt"], "wb") as fh:
+        fh.write(b"not an image\n")
+    return paths
 
 
 @pytest.fixture
@@ -346,6 +364,111 @@ def test_a_damaged_stored_feature_is_recomputed_and_overwritten_by_the_next_job(
     assert [(c["hits"], c["misses"]) for c in jobs.chunks(third).values()] == [(4, 0)]
 
 
+def _check_odd_names_job(jobs: Jobs, job: str, odd_names: dict[str, bytes], efficientnet) -> None:
+    st = jobs.status(job)
+    assert st.state == "completed" and (st.total, st.done, st.failed) == (5, 5, 1)
+    rows = jobs.results(job)
+    assert [os.fsencode(r["source"]) for r in rows] == sorted(odd_names.values())  # carried byte for byte
+    by_path = {os.fsencode(r["source"]): r for r in rows}
+    bad = by_path[odd_names["corrupt"]]
+    assert not bad["ok"] and bad["reason"] == "not_an_image"
+    reference = efficientnet.run([os.fsdecode(odd_names[f"good{n}"]) for n in range(4)])
+    for n, ref in enumerate(reference):
+        row = by_path[odd_names[f"good{n}"]]
+        assert row["ok"] and row["sha256"] == ref.sha256
+
+
+def test_non_utf8_file_names_are_carried_and_a_bad_one_fails_alone_embedded(
+    embedded, odd_names, efficientnet, tmp_path, monkeypatch
+):
+    folder = os.path.dirname(odd_names["good0"])
+    job = embedded.submit([os.fsdecode(folder)])  # a directory, expanded here: names arrive surrogate-escaped
+    _check_odd_names_job(embedded, job, odd_names, efficientnet)
+    assert embedded.submit([os.fsdecode(folder)], job_id=job) == job  # the same request hashes the same
+    embedded.export(job, tmp_path / "r.jsonl")
+    exported = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [os.fsencode(r["source"]) for r in exported] == sorted(odd_names.values())
+    # the CLI shows such names (undecodable bytes as \xNN) instead of crashing on them
+    monkeypatch.delenv("EXPERTBRIDGE_BROKER_URL", raising=False)
+    monkeypatch.setenv("EXPERTBRIDGE_JOBS_DIR", str(embedded.settings.jobs_dir))
+    res = CliRunner().invoke(batch_cli.app, ["status", job], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "e\\xff.jpg" in res.output and "not_an_image" in res.output
+
+
+def test_job_ids_are_checked_in_one_place_and_never_reach_outside_the_jobs_dir(tmp_path, monkeypatch):
+    victim = DirectoryJobRecords(tmp_path / "outside")
+    victim.create("victimjob", {"id": "victimjob", "task": "extract", "state": "queued", "total": 1}, ["x.jpg"])
+    before = sorted(p.name for p in (tmp_path / "outside" / "victimjob").iterdir())
+    monkeypatch.delenv("EXPERTBRIDGE_BROKER_URL", raising=False)
+    monkeypatch.setenv("EXPERTBRIDGE_JOBS_DIR", str(tmp_path / "jobs"))
+    runner = CliRunner()
+    for argv in (
+        ["cancel", "../outside/victimjob"],
+        ["status", "../outside/victimjob"],
+        ["results", "../outside/victimjob"],
+        ["status", "x:meta"],
+        ["status", "a" * 65],
+        ["submit", str(tmp_path / "x.jpg"), "--job-id", "../outside/victimjob"],
+    ):
+        res = runner.invoke(batch_cli.app, argv)
+        assert res.exit_code == 2, (argv, res.output)
+        assert "invalid job id" in res.output, (argv, res.output)
+    assert sorted(p.name for p in (tmp_path / "outside" / "victimjob").iterdir()) == before  # no 'cancelled'
+    assert victim.meta("victimjob")["state"] == "queued"
+    assert not (tmp_path / "jobs").exists()
+
+    # the same check guards the API and both record stores, whatever calls them
+    jobs = Jobs(_settings(jobs_dir=tmp_path / "jobs"))
+    for call in (jobs.cancel, jobs.status, jobs.results, jobs.chunks):
+        with pytest.raises(ConfigError, match="invalid job id"):
+            call("../outside/victimjob")
+    with pytest.raises(ConfigError, match="invalid job id"):
+        RedisJobRecords(types.SimpleNamespace(hgetall=lambda key: pytest.fail(key))).meta("x:meta")  # no Redis call
+    for good in (new_job_id(), "cancel-me", "run_2.b", "A" * 64):
+        assert check_job_id(good) == good
+    for bad in ("", ".", "..", "../x", "a/b", ".hidden", "-x", "a b", "a:b", "é", "a" * 65):
+        with pytest.raises(ConfigError):
+            check_job_id(bad)
+
+
+def test_resubmitting_a_finished_job_is_a_no_op_and_only_retryable_failures_run_again(
+    embedded, images, bad_files, monkeypatch
+):
+    inputs = [*images[:4], bad_files["truncated"], images[4], bad_files["missing"], images[5]]
+    job = embedded.submit(inputs)  # chunks of 4: chunk 1 holds the two bad files
+    first = embedded.status(job)
+    assert (first.state, first.done, first.failed, first.deliveries) == ("completed", 8, 2, 2)
+    infos = embedded.chunks(job)
+
+    assert embedded.submit(inputs, job_id=job) == job
+    again = embedded.status(job)
+    assert again.to_dict() | {"elapsed": None} == first.to_dict() | {"elapsed": None}  # nothing ran, nothing moved
+    assert embedded.chunks(job) == infos
+
+    # a chunk that failed for a reason of the worker (expert unavailable) is run again, and only that one
+    def unavailable(name, settings):
+        raise batch_runner.ExpertUnavailable("no weights on this worker")
+
+    monkeypatch.setattr(batch_runner, "get_expert", unavailable)
+    other = embedded.submit(images[:8], job_id="retry-me")
+    st = embedded.status("retry-me")
+    assert (st.state, st.failed) == ("failed", 8) and {e["reason"] for e in st.errors.values()} == {
+        "expert_unavailable"
+    }
+    monkeypatch.undo()
+    chunk0 = Path(embedded.settings.jobs_dir) / other / "chunks" / "0.json"
+    data = json.loads(chunk0.read_text())  # chunk 0 succeeded since; chunk 1 still holds the failure
+    data["rows"] = {
+        f: {"index": r["index"], "source": r["source"], "ok": True, "key": "k"} for f, r in data["rows"].items()
+    }
+    chunk0.write_text(json.dumps(data))
+    assert embedded.submit(images[:8], job_id=other) == other
+    st = embedded.status(other)
+    assert (st.state, st.done, st.failed, st.error) == ("completed", 8, 0, None)
+    assert {c: i["deliveries"] for c, i in embedded.chunks(other).items()} == {0: 1, 1: 2}
+
+
 def test_embedded_cancel_then_resume(embedded, images):
     settings = embedded.settings
     records = embedded.records
@@ -431,6 +554,7 @@ def test_classify_task_with_a_saved_few_shot_classifier(embedded, hymenoptera, e
     direct = clf.predict(queries[:6])
     assert [r["label"] for r in rows[:6]] == [p.label for p in direct]
     assert not rows[6]["ok"] and rows[6]["error"]
+    assert rows[6]["reason"] == "not_an_image"  # the reason intake gave, carried into the row
     assert embedded.status(job).lanes == ["classify"]
 
 
@@ -700,6 +824,31 @@ def test_worker_without_the_model_fails_chunks_clearly_and_resume_fixes_them(red
     st = jobs.wait(job, timeout=60, poll=0.1)
     assert st.state == "completed" and (st.done, st.failed) == (6, 0) and st.error is None
     _assert_each_item_once(jobs.results(job), 6)
+
+
+@pytest.mark.slow
+def test_queued_non_utf8_file_names_and_a_resubmitted_finished_job_is_a_no_op(
+    redis_db, workers, odd_names, efficientnet
+):
+    """Through Redis and a real worker: names that are not valid UTF-8 travel in the Celery message and the
+    record, the corrupt one fails alone; resubmitting the finished job queues nothing and changes nothing."""
+    jobs = Jobs(_settings(broker_url=TEST_REDIS, batch_chunk_size=2))
+    w = workers("odd-names", _worker_env(TEST_REDIS))
+    w.wait_ready()
+    folder = os.fsdecode(os.path.dirname(odd_names["good0"]))
+    job = jobs.submit([folder])
+    jobs.wait(job, timeout=60, poll=0.1)
+    _check_odd_names_job(jobs, job, odd_names, efficientnet)
+    assert [os.fsencode(s) for s in jobs.records.inputs(job)] == sorted(odd_names.values())
+
+    first = jobs.status(job)
+    assert first.deliveries == 3  # 5 items in chunks of 2; the last chunk is the corrupt file alone
+    assert jobs.submit([folder], job_id=job) == job
+    time.sleep(1.0)  # a chunk queued again would have been taken by the worker by now
+    again = jobs.status(job)
+    assert (again.state, again.deliveries, again.finished_at) == ("completed", 3, first.finished_at)
+    assert redis_db.llen("expertbridge.timm") == 0
+    assert w.proc.poll() is None  # the worker survived
 
 
 @pytest.mark.slow

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+import types
 
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import tool
 
 from agents.chat import ScriptedChatModel
 from agents.planner import Planner, PlannerLimits, parse_answer
@@ -200,3 +204,93 @@ def test_toolbox_only_offers_the_experts_it_was_given(yolo):
 def test_scripted_model_tool_call_shape():
     msg = ScriptedChatModel(steps=[call("detect_objects", labels=["person"])]).invoke("hi")
     assert isinstance(msg, AIMessage) and msg.tool_calls[0]["name"] == "detect_objects"
+
+
+class SlowToolbox:
+    """One ``detect_objects`` tool that takes ``seconds`` (or until released), for the time budget."""
+
+    detector = None
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.release = threading.Event()
+        self.finished = threading.Event()
+
+    def tools_for(self, image):
+        @tool("detect_objects")
+        def detect_objects() -> str:
+            """Detect objects in the image."""
+            self.release.wait(self.seconds)
+            self.finished.set()
+            return "person ×1"
+
+        return [detect_objects]
+
+
+def test_time_budget_abandons_a_tool_that_runs_past_it():
+    toolbox = SlowToolbox(8.0)
+    model = ScriptedChatModel(steps=[call("detect_objects"), {"content": FINAL.format(n=1)}])
+    t0 = time.perf_counter()
+    result = Planner(model, toolbox, limits=PlannerLimits(time_budget_s=2.0)).run("x.jpg", "How many people?")
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 2.0 + 1.5, f"a 2 s budget took {elapsed:.1f}s"
+    assert not toolbox.finished.is_set()  # returned while the tool was still running
+    toolbox.release.set()
+    stopped = result.trace.stopped_by
+    assert stopped.startswith("time budget of 2s exceeded: tool 'detect_objects' was still running at 2.")
+    (step,) = result.trace.tool_steps
+    assert step.error == f"error: {stopped}; its result was dropped" and 1.9 < step.seconds < 3.0
+    assert len(model.calls) == 1  # the run ended: the model was not asked again
+    assert [s.kind for s in result.trace.steps] == ["model", "tool", "limit"]
+    assert result.answer == f"(no answer: {stopped})"
+
+
+def test_time_budget_abandons_a_model_call_that_runs_past_it(yolo, bus_jpg):
+    def slow(messages):
+        time.sleep(4.0)
+        return "Answer: too late"
+
+    model = ScriptedChatModel(steps=[slow])
+    t0 = time.perf_counter()
+    result = Planner(model, ExpertToolbox(detector=yolo), limits=PlannerLimits(time_budget_s=1.0)).run(
+        str(bus_jpg), "How many people?"
+    )
+    assert time.perf_counter() - t0 < 1.0 + 1.5
+    assert result.trace.stopped_by.startswith("time budget of 1s exceeded: the model call was still running")
+    assert result.answer.startswith("(no answer: time budget of 1s exceeded")
+
+
+def test_an_oversized_reply_is_capped_at_the_model_and_cut_in_the_trace():
+    huge = "Reasoning: " + "blah " * 200_000 + "\nAnswer: 1\nEvidence: detect_objects"  # ~1 MB
+    model = ScriptedChatModel(steps=[call("detect_objects"), {"content": huge}])
+    limits = PlannerLimits(max_reply_tokens=64, max_reply_chars=4000)
+    result = Planner(model, SlowToolbox(0.0), limits=limits).run("x.jpg", "How many people?")
+    assert model.reply_caps == [64, 64]  # the cap reaches the chat model with every call
+    last = result.trace.model_steps[-1]
+    assert len(huge) > 1_000_000 and len(last.content) == 4000
+    assert last.note == f"reply of {len(huge):,} characters cut to 4,000 (max_reply_chars=4000)"
+    assert "characters cut …]" in last.content
+    assert result.answer == "1" and result.evidence_used == ["detect_objects"]  # the tail (the answer) is kept
+    assert len(result.rationale) < 4000
+    assert "note: reply of" in trace_to_html(result.trace)
+
+
+def test_reply_cap_uses_each_models_own_setting_and_never_raises_it():
+    from agents.chat import LocalChatModel, reply_cap
+
+    assert reply_cap(LocalChatModel(model="/no/such/model"), 1024) == {"max_new_tokens": 256}  # its default
+    assert reply_cap(LocalChatModel(model="/no/such/model", max_new_tokens=4096), 1024) == {"max_new_tokens": 1024}
+    assert reply_cap(ScriptedChatModel(), 77) == {"max_tokens": 77}
+
+
+def test_time_budget_also_bounds_the_rule_path():
+    toolbox = SlowToolbox(8.0)
+    toolbox.detector = types.SimpleNamespace(names={0: "person"})  # the rule path: no LLM, one detector call
+    model = ScriptedChatModel(steps=[])
+    t0 = time.perf_counter()
+    result = Planner(model, toolbox, rules=True, limits=PlannerLimits(time_budget_s=1.0)).run("x.jpg", "How many people?")
+    assert time.perf_counter() - t0 < 1.0 + 1.5
+    toolbox.release.set()
+    assert result.trace.mode == "rule" and model.calls == []
+    assert result.trace.stopped_by.startswith("time budget of 1s exceeded: tool 'detect_objects' was still running")
+    assert result.answer == f"(no answer: {result.trace.stopped_by})"

@@ -35,6 +35,7 @@ from workflows.commands import bridge as bridge_commands
 from workflows.commands import fewshot as fewshot_commands  # noqa: E402
 from workflows.commands.ask import ask_cmd
 from workflows.inputs import expand_inputs
+from workflows.rendering import markup
 from workflows.settings import ENV_FILE_VAR, Settings
 
 app = typer.Typer(help="Bridge expert vision models and language models.", no_args_is_help=True, add_completion=False)
@@ -131,7 +132,7 @@ def run_cmd(
         sources = expand_inputs(inputs)
         results = model.run(sources, progress=sys.stderr.isatty())
     except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {markup(err)}")
         raise typer.Exit(2) from err
 
     if out is not None:
@@ -148,12 +149,13 @@ def run_cmd(
 
     table = Table("#", "input", "result")
     for r in results:
-        table.add_row(str(r.index), r.source, _summary(r.evidence) if r.ok else f"[red]{r.reason}: {r.error}[/red]")
+        result = markup(_summary(r.evidence)) if r.ok else f"[red]{markup(r.reason)}: {markup(r.error)}[/red]"
+        table.add_row(str(r.index), markup(r.source), result)
     Console().print(table)
     failed = sum(not r.ok for r in results)
-    console.print(f"{len(results) - failed} ok, {failed} failed" + (f"; results in {out}" if out else ""))
+    console.print(f"{len(results) - failed} ok, {failed} failed" + (f"; results in {markup(out)}" if out else ""))
     if draw is not None:
-        console.print(f"drawn boxes in {draw}/")
+        console.print(f"drawn boxes in {markup(draw)}/")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,7 @@ class FewShotPrediction:
     contributions: dict[str, float] = field(default_factory=dict)  # each part's logit for the predicted class
     branch_weights: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    reason: str | None = None  # the image error's reason (missing, truncated, not_an_image, ...) when label is None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +70,7 @@ class Features:
     by_branch: dict[str, torch.Tensor]
     ok: np.ndarray  # bool per input
     errors: dict[int, str]
+    reasons: dict[int, str] = field(default_factory=dict)  # index → the failed item's reason, as intake gave it
 
 
 def augmentation(view: int, seed: int = 0) -> Callable[[Image.Image, str], Image.Image]:
@@ -143,6 +145,7 @@ class FewShotClassifier:
         """Features of every branch through the store; an item failing in any branch is dropped with its error."""
         ok = np.ones(len(sources), dtype=bool)
         errors: dict[int, str] = {}
+        reasons: dict[int, str] = {}
         results: dict[str, list[ItemResult]] = {}
         for name, expert in self.experts.items():
             results[name], _ = run_through_store(
@@ -152,18 +155,20 @@ class FewShotClassifier:
                 if not r.ok:
                     ok[r.index] = False
                     errors.setdefault(r.index, f"{name}: {r.error}")
+                    reasons.setdefault(r.index, r.reason)
         by_branch = {
             name: torch.from_numpy(np.stack([r.evidence.vector for r, good in zip(rs, ok) if good]))
             if ok.any()
             else torch.zeros(0, 0)
             for name, rs in results.items()
         }
-        return Features(by_branch, ok, errors)
+        return Features(by_branch, ok, errors, reasons)
 
     def _views(self, sources: Sequence[str]) -> Features:
         stacks: dict[str, list[torch.Tensor]] = {n: [] for n in self.experts}
         ok = np.ones(len(sources), dtype=bool)
         errors: dict[int, str] = {}
+        reasons: dict[int, str] = {}
         per_view = []
         for v in range(max(1, self.augment_views)):
             if v == 0:  # the plain image: shares its store entry with ordinary extraction
@@ -176,12 +181,13 @@ class FewShotClassifier:
                 )
             ok &= f.ok
             errors.update(f.errors)
+            reasons.update(f.reasons)
             per_view.append(f)
         for f in per_view:
             keep = ok[f.ok]  # rows of this view that survive in every view
             for n in self.experts:
                 stacks[n].append(f.by_branch[n][torch.from_numpy(keep)])
-        return Features({n: torch.stack(s) for n, s in stacks.items()}, ok, errors)
+        return Features({n: torch.stack(s) for n, s in stacks.items()}, ok, errors, reasons)
 
     # ------------------------------------------------------------------ fit
 
@@ -192,7 +198,7 @@ class FewShotClassifier:
         # Keys are the mean of augmented views of each support image (Tip-Adapter), or plain features.
         views = self._views(support.paths) if self.augment_views > 1 else None
         if views is not None:
-            keys = Features({n: v.mean(0) for n, v in views.by_branch.items()}, views.ok, views.errors)
+            keys = Features({n: v.mean(0) for n, v in views.by_branch.items()}, views.ok, views.errors, views.reasons)
             plain = {n: v[0] for n, v in views.by_branch.items()}
         else:
             keys = self.extract(support.paths)
@@ -305,7 +311,8 @@ class FewShotClassifier:
         for i, src in enumerate(images):
             name = str(src) if isinstance(src, (str, Path)) else f"<{type(src).__name__}>"
             if not feats.ok[i]:
-                preds.append(FewShotPrediction(name, None, error=feats.errors.get(i, "unreadable")))
+                error, reason = feats.errors.get(i, "unreadable"), feats.reasons.get(i)
+                preds.append(FewShotPrediction(name, None, error=error, reason=reason))
                 continue
             c = int(probs[row].argmax())
             preds.append(

@@ -105,5 +105,8 @@ def reason_for_batch(paths: Sequence[str], question: str, settings: Settings, **
         try:
             out.append({"source": str(path), **reasoner.ask(path, question).to_dict()})
         except Exception as err:  # noqa: BLE001 - one image's failure is its own result
-            out.append({"source": str(path), "error": f"{type(err).__name__}: {err}"})
+            failed = {"source": str(path), "error": f"{type(err).__name__}: {err}"}
+            if isinstance(getattr(err, "reason", None), str):  # an ImageError: its intake reason (missing, ...)
+                failed["reason"] = err.reason
+            out.append(failed)
     return out

@@ -15,7 +15,12 @@ import numpy as np  # noqa: E402
 
 from workflows.fewshot_eval import BASELINE, SweepResult  # noqa: E402
 
+#: Class names, dataset and expert names are user text: ``$`` is a literal dollar, never mathtext
+#: (a class folder named ``$\badcmd$`` would otherwise raise in matplotlib and lose the whole report).
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
 
+
+@plt.rc_context(LITERAL_TEXT)
 def plot_accuracy_vs_shots(result: SweepResult, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
     for method, by_shots in result.table().items():
@@ -40,6 +45,7 @@ def plot_accuracy_vs_shots(result: SweepResult, path: Path, title: str = "") -> 
     return path
 
 
+@plt.rc_context(LITERAL_TEXT)
 def plot_confusion(confusion: list[list[int]], classnames: list[str], path: Path, title: str) -> Path:
     matrix = np.asarray(confusion)
     size = max(3.5, 0.45 * len(classnames) + 2)
@@ -93,8 +99,8 @@ def write_fewshot_report(result: SweepResult, out_dir: str | Path, *, dataset: s
         if r["method"] != BASELINE
     )
     figures = "".join(
-        f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" alt="{p.stem}">'
-        f"<figcaption>{p.name}</figcaption></figure>"
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
+        f'alt="{html.escape(p.stem)}"><figcaption>{html.escape(p.name)}</figcaption></figure>'
         for p in images
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Few-shot report: {html.escape(dataset)}</title>

@@ -4,7 +4,8 @@ servers, Ollama, any ``init_chat_model`` provider, and a scripted fake for tests
 ======================  =====================================================================
 module                  what
 ======================  =====================================================================
-``factory``             :func:`create_chat_model` and its spec grammar, :data:`DEFAULT_LOCAL_MODEL`
+``factory``             :func:`create_chat_model` and its spec grammar, :data:`DEFAULT_LOCAL_MODEL`,
+                        :func:`reply_cap` (the per-call reply-length keyword of a model)
 ``local``               :class:`LocalChatModel`: transformers causal LM (dir / hub id / GGUF)
 ``scripted``            :class:`ScriptedChatModel`: deterministic replies and tool calls
 ``toolcalls``           messages → chat-template dicts, the text tool prompt, parsing tool calls
@@ -19,7 +20,7 @@ module                  what
     reply.tool_calls                                          # [{'name': 'detect_objects', ...}]
 """
 
-from agents.chat.factory import DEFAULT_LOCAL_MODEL, create_chat_model
+from agents.chat.factory import DEFAULT_LOCAL_MODEL, create_chat_model, reply_cap
 from agents.chat.local import LocalChatModel, TemplateCapabilities, probe_template, resolve_local_model
 from agents.chat.scripted import ScriptedChatModel, ScriptExhaustedError
 from agents.chat.toolcalls import DEFAULT_TOOL_PROMPT, ParsedReply, parse_tool_calls, to_chat_dicts, to_prompt_dicts
@@ -35,6 +36,7 @@ __all__ = [
     "create_chat_model",
     "parse_tool_calls",
     "probe_template",
+    "reply_cap",
     "resolve_local_model",
     "to_chat_dicts",
     "to_prompt_dicts",

@@ -57,6 +57,23 @@ SPEC_HELP = (
 )
 
 
+#: Settings that cap the length of a chat model's reply and can also be passed per call:
+#: ``max_new_tokens`` (:class:`LocalChatModel`), ``max_tokens`` (ChatOpenAI, ChatAnthropic,
+#: :class:`ScriptedChatModel`). Ollama's ``num_predict`` only works as a constructor option.
+REPLY_CAP_FIELDS = ("max_new_tokens", "max_tokens")
+
+
+def reply_cap(model: BaseChatModel, max_tokens: int) -> dict[str, int]:
+    """The per-call keyword that caps ``model``'s reply at ``max_tokens`` tokens, never above the model's
+    own setting (``{"max_new_tokens": 256}``); ``{}`` when the model has no such setting."""
+    fields = getattr(type(model), "model_fields", {})
+    for name in REPLY_CAP_FIELDS:
+        if name in fields:
+            own = getattr(model, name, None)
+            return {name: min(max_tokens, own) if isinstance(own, int) and own > 0 else max_tokens}
+    return {}
+
+
 def create_chat_model(spec: str | BaseChatModel = "local", **kwargs: Any) -> BaseChatModel:
     """Build the chat model named by ``spec`` (grammar in the module docstring)."""
     if isinstance(spec, BaseChatModel):

@@ -14,8 +14,9 @@ Each step is one reply, in order:
 Tool-call ids are ``call_0``, ``call_1``, … across the whole script. The model records
 every message list it receives (``.calls``), the tool names bound with
 :meth:`~ScriptedChatModel.bind_tools` (``.bound_tools``) or passed with each call
-(``.call_tools``), and each call's ``tool_choice`` (``.tool_choices``). When the script
-runs out it raises :class:`ScriptExhaustedError`.
+(``.call_tools``), each call's ``tool_choice`` (``.tool_choices``) and ``max_tokens``
+(``.reply_caps``; recorded, never applied: it plays a model that ignores the cap). When the
+script runs out it raises :class:`ScriptExhaustedError`.
 
 >>> fake = ScriptedChatModel(steps=[{"tool": "detect_objects", "args": {"label": "person"}}, "There are 4 people."])
 >>> fake.invoke("How many people?").tool_calls[0]["name"]
@@ -59,6 +60,8 @@ class ScriptedChatModel(BaseChatModel):
     call_tools: list[list[str]] = Field(default_factory=list, description="tool names passed with each call")
     tool_choices: list[Any] = Field(default_factory=list, description="tool_choice passed with each call (or None)")
     bound_tools: list[str] = Field(default_factory=list, description="names from the last bind_tools")
+    max_tokens: int | None = Field(default=None, description="accepted like a real model's reply cap; not applied")
+    reply_caps: list[Any] = Field(default_factory=list, description="max_tokens passed with each call (or None)")
 
     _position: int = PrivateAttr(default=0)
     _next_id: int = PrivateAttr(default=0)
@@ -87,6 +90,7 @@ class ScriptedChatModel(BaseChatModel):
         self.calls.clear()
         self.call_tools.clear()
         self.tool_choices.clear()
+        self.reply_caps.clear()
 
     def bind_tools(
         self,
@@ -111,6 +115,7 @@ class ScriptedChatModel(BaseChatModel):
         self.calls.append(list(messages))
         self.call_tools.append([t["function"]["name"] for t in kwargs.get("tools") or []])
         self.tool_choices.append(kwargs.get("tool_choice"))
+        self.reply_caps.append(kwargs.get("max_tokens"))
         if self._position >= len(self.steps):
             last = messages[-1] if messages else None
             seen = f"{type(last).__name__}: {message_text(last.content)[:200]!r}" if last is not None else "no messages"

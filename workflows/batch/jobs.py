@@ -33,19 +33,19 @@ from workflows.batch.records import (
     DirectoryJobRecords,
     JobRecords,
     RedisJobRecords,
+    check_job_id,
     item_field,
     redis_client,
     redis_errors,
     retrying,
 )
-from workflows.batch.runner import execute_chunk
+from workflows.batch.runner import RETRYABLE_REASONS, execute_chunk
 from workflows.inputs import expand_inputs
 from workflows.settings import Settings
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 QUEUE_PREFIX = "expertbridge"
 TERMINAL = ("completed", "failed", "cancelled")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class BatchUnavailableError(ExpertBridgeError, ConnectionError):
@@ -298,8 +298,11 @@ class Jobs:
 
         Queued mode returns once every chunk is enqueued; embedded mode runs the chunks
         here and returns when they are done. Re-submitting an existing ``job_id`` with the
-        same request resumes it: chunks whose items all succeeded are not run again, and
-        the others find everything already computed in the feature store.
+        same request resumes it: only chunks with an item not yet recorded, or failed for a
+        retryable reason (:data:`~workflows.batch.runner.RETRYABLE_REASONS`: worker lost, expert
+        unavailable, …), run again, and they find everything already computed in the feature
+        store. An item that failed for its own reason (a corrupt or missing file) is final, so
+        resubmitting a finished job is a no-op that leaves its record (state, timing) as it is.
         """
         kind = get_task_kind(task)
         sources = gather_inputs(inputs, manifest)
@@ -321,11 +324,10 @@ class Jobs:
             "params": params,
             "chunk_size": chunk_size,
             "n_inputs": len(sources),
-            "inputs_sha256": hashlib.sha256("\n".join(sources).encode()).hexdigest(),
+            # os.fsencode: a file name that is not valid UTF-8 hashes as its bytes instead of raising
+            "inputs_sha256": hashlib.sha256(b"\n".join(map(os.fsencode, sources))).hexdigest(),
         }
-        if job_id is not None and not _JOB_ID.match(job_id):
-            raise ConfigError(f"job id {job_id!r}: use letters, digits, '.', '_' or '-' (at most 64)")
-        job_id = job_id or new_job_id()
+        job_id = new_job_id() if job_id is None else check_job_id(job_id)
 
         if not self.embedded:
             self._checked(self.records.ping)  # type: ignore[attr-defined]
@@ -349,9 +351,9 @@ class Jobs:
                 "state": "submitting",
             }
             self._checked(lambda: self.records.create(job_id, meta, sources))
-        messages = [m for m in plan_messages(job_id, meta, sources) if not _complete(m, rows)]
-        if existing is not None and not messages:  # everything already succeeded
-            if existing.get("state") != "queued":
+        messages = [m for m in plan_messages(job_id, meta, sources) if not _settled(m, rows)]
+        if existing is not None and not messages:  # nothing left to do: the record stays as it is
+            if existing.get("state") in ("cancelled", "submitting"):  # ... except that it is no longer stopped
                 self._checked(lambda: self.records.set_meta(job_id, state="queued"))
             return job_id
         if existing is not None:  # resume: the chunks to run again count as pending until they are recorded anew
@@ -536,8 +538,13 @@ def plan_messages(job_id: str, meta: Mapping[str, Any], sources: Sequence[str]) 
             }
 
 
-def _complete(message: Mapping[str, Any], rows: Mapping[str, dict]) -> bool:
-    return all((rows.get(item_field(message["lane"], i)) or {}).get("ok") for i, _ in message["items"])
+def _settled(message: Mapping[str, Any], rows: Mapping[str, dict]) -> bool:
+    """Every item of the chunk has its final row: it succeeded, or failed for a reason of its own."""
+    for i, _ in message["items"]:
+        row = rows.get(item_field(message["lane"], i))
+        if row is None or (not row.get("ok") and (row.get("reason") or "task_failed") in RETRYABLE_REASONS):
+            return False
+    return True
 
 
 def publish_chunk(app, message: Mapping[str, Any], *, producer=None) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -37,9 +38,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from experts import ConfigError
+
 T = TypeVar("T")
 
 PREFIX = "expertbridge"
+
+#: A job id is what :func:`~workflows.batch.jobs.new_job_id` makes (``20250101-120000-a1b2c3``) or a
+#: name the user gives (``--job-id``): 1-64 letters, digits, ``.``, ``_`` or ``-``, starting with a
+#: letter or digit. It names a directory (embedded) or Redis keys (queued), so it can never be a path
+#: (``/``, ``..``) or hold a key separator (``:``).
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it matches :data:`JOB_ID_PATTERN`, else a :class:`~experts.ConfigError` saying what is allowed."""
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+        raise ConfigError(
+            f"invalid job id {job_id!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return job_id
 
 
 def item_field(lane: str, index: int) -> str:
@@ -155,7 +173,7 @@ class RedisJobRecords(JobRecords):
         return cls(redis_client(url), **kwargs)
 
     def _k(self, job_id: str, part: str) -> str:
-        return f"{PREFIX}:job:{job_id}:{part}"
+        return f"{PREFIX}:job:{check_job_id(job_id)}:{part}"
 
     def _all_keys(self, job_id: str) -> list[str]:
         return [self._k(job_id, p) for p in ("meta", "inputs", "items", "errors", "chunks", "attempts", "started")]
@@ -172,7 +190,8 @@ class RedisJobRecords(JobRecords):
             pipe.delete(*self._all_keys(job_id))
             pipe.hset(self._k(job_id, "meta"), mapping={k: json.dumps(v) for k, v in meta.items()})
             for start in range(0, len(inputs), 10_000):
-                pipe.rpush(self._k(job_id, "inputs"), *inputs[start : start + 10_000])
+                # as file-system bytes: a non-UTF-8 file name (a surrogate-escaped str) is stored, not refused
+                pipe.rpush(self._k(job_id, "inputs"), *map(os.fsencode, inputs[start : start + 10_000]))
             for key in self._all_keys(job_id)[:2]:
                 pipe.expire(key, self.ttl)
             pipe.zadd(f"{PREFIX}:jobs", {job_id: float(meta.get("created_at", time.time()))})
@@ -212,7 +231,7 @@ class RedisJobRecords(JobRecords):
 
     def inputs(self, job_id: str) -> list[str]:
         raw = self._retry(lambda: self.client.lrange(self._k(job_id, "inputs"), 0, -1))
-        return [r.decode() for r in raw]
+        return [os.fsdecode(r) for r in raw]
 
     def begin_chunk(self, job_id: str, chunk: int, fields: Sequence[str], worker: str = "") -> ChunkStart:
         def run():
@@ -331,7 +350,8 @@ class RedisJobRecords(JobRecords):
         return out
 
     def list_jobs(self) -> list[str]:
-        ids = [j.decode() for j in self._retry(lambda: self.client.zrange(f"{PREFIX}:jobs", 0, -1))]
+        raw = self._retry(lambda: self.client.zrange(f"{PREFIX}:jobs", 0, -1))
+        ids = [j for j in (r.decode("utf-8", "replace") for r in raw) if JOB_ID_PATTERN.fullmatch(j)]
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.exists(self._k(job_id, "meta"))
@@ -385,7 +405,7 @@ class DirectoryJobRecords(JobRecords):
         self.root = Path(root).expanduser()
 
     def _dir(self, job_id: str) -> Path:
-        return self.root / job_id
+        return self.root / check_job_id(job_id)  # never a path outside root
 
     def create(self, job_id: str, meta: Mapping[str, Any], inputs: Sequence[str]) -> None:
         self.delete(job_id)
@@ -487,5 +507,5 @@ class DirectoryJobRecords(JobRecords):
     def list_jobs(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        jobs = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        jobs = [p for p in self.root.iterdir() if p.is_dir() and JOB_ID_PATTERN.fullmatch(p.name)]
         return [p.name for p in sorted(jobs, key=lambda p: p.stat().st_mtime)]

@@ -27,6 +27,13 @@ from workflows.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Reasons a whole chunk failed that say nothing about its images: the worker died, could not load
+#: the expert, ran out of time or hit an unexpected error (and ``reasoning_failed``, an exception in the
+#: planner rather than in reading the image). Resubmitting the job runs such items again. Every other
+#: failure is the item's own (``missing``, ``truncated``, ``not_an_image``, ``unreadable``, …) and is final:
+#: the same bytes would fail the same way.
+RETRYABLE_REASONS = frozenset({"worker_lost", "expert_unavailable", "timeout", "task_failed", "reasoning_failed"})
+
 #: Experts loaded in this process (one per name), reused by every chunk.
 _EXPERTS: dict[str, Expert] = {}
 _EXPERTS_LOCK = threading.Lock()

@@ -14,6 +14,7 @@ from agents.planner import PlannerLimits
 from agents.trace_html import trace_to_html
 from experts import ExpertBridgeError
 from workflows.reasoning import Reasoner
+from workflows.rendering import markup, plain
 from workflows.settings import Settings
 
 console = Console(stderr=True)
@@ -49,7 +50,7 @@ def ask_cmd(
         )
         result = reasoner.ask(image, question)
     except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {markup(err)}")
         raise typer.Exit(2) from err
     steps = Table("#", "step", "detail", "s")
     for i, step in enumerate(result.trace.steps, 1):
@@ -60,7 +61,7 @@ def ask_cmd(
             detail = f"calls {calls}" if calls else (step.content or "")[:120]
         else:
             detail = step.content or ""
-        steps.add_row(str(i), step.kind, detail, f"{step.seconds:.2f}")
+        steps.add_row(str(i), step.kind, markup(detail), f"{step.seconds:.2f}")
     console.print(steps)
     if trace:
         trace.parent.mkdir(parents=True, exist_ok=True)
@@ -69,5 +70,5 @@ def ask_cmd(
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(trace_to_html(result.trace, image))
     if result.rationale:
-        console.print(f"[dim]{result.rationale}[/dim]")
-    typer.echo(result.answer or "(no answer)")
+        console.print(f"[dim]{markup(result.rationale)}[/dim]")
+    typer.echo(plain(result.answer or "(no answer)"))

@@ -16,12 +16,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
 from experts import ConfigError, ExpertBridgeError, create_expert, get_expert_class
 from workflows.batch.jobs import Jobs, JobStatus, new_job_id, queue_for
+from workflows.batch.records import check_job_id
+from workflows.rendering import markup
 from workflows.settings import Settings
 
 app = typer.Typer(help="Batch jobs: many images in chunks, on Celery workers or in-process.", no_args_is_help=True)
@@ -29,7 +30,7 @@ console = Console(stderr=True)
 
 
 def _fail(err: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(str(err))}")
+    console.print(f"[red]error:[/red] {markup(err)}")
     return typer.Exit(2)
 
 
@@ -72,7 +73,7 @@ def _print_status(st: JobStatus) -> None:
         hint = f" — start a worker: expertbridge worker --queues {queue}" if n and not st.done else ""
         table.add_row("waiting", f"{n} tasks in {queue}{hint}")
     if st.error:
-        table.add_row("[red]job error", escape(st.error))
+        table.add_row("[red]job error", markup(st.error))
     if st.state == "submitting":
         table.add_row("note", f"queuing was interrupted; resume with: expertbridge batch submit ... --job-id {st.id}")
     Console().print(table)
@@ -80,7 +81,7 @@ def _print_status(st: JobStatus) -> None:
         errors = Table("item", "source", "reason", "error", title=f"failed items (first {len(st.errors)})")
         for item, e in st.errors.items():
             errors.add_row(
-                *(escape(str(v)) for v in (item, e.get("source"), e.get("reason"), str(e.get("error"))[:120]))
+                *(markup(v) for v in (item, e.get("source"), e.get("reason"), str(e.get("error"))[:120]))
             )
         Console().print(errors)
 
@@ -106,8 +107,8 @@ def submit_cmd(
     if question is not None:
         params["question"] = question
     names = [n.strip() for n in (experts or "").split(",") if n.strip()]
-    job_id = job_id or new_job_id()
     try:
+        job_id = new_job_id() if job_id is None else check_job_id(job_id)
         if jobs.embedded:
             console.print(
                 f"job {job_id}, in-process (no EXPERTBRIDGE_BROKER_URL); if interrupted, resubmit with "
@@ -136,7 +137,7 @@ def submit_cmd(
     except ExpertBridgeError as err:
         raise _fail(err) from err
     print(job)
-    console.print(escape(str(st)))
+    console.print(markup(st))
     if st.failed:
         console.print(f"[yellow]{st.failed} item(s) failed[/yellow]; see: expertbridge batch status {job}")
 
@@ -182,7 +183,7 @@ def results_cmd(
     except ExpertBridgeError as err:
         raise _fail(err) from err
     note = "" if st.finished else f" (job still {st.state}: {st.done}/{st.total} so far)"
-    console.print(f"{n} rows → {out}{note}")
+    console.print(f"{n} rows → {markup(out)}{note}")
 
 
 @app.command("cancel")
@@ -261,7 +262,7 @@ def worker_cmd(
     os.environ["EXPERTBRIDGE_WORKER_EXPERTS"] = ",".join(names)
     if threads is not None:
         os.environ["EXPERTBRIDGE_WORKER_THREADS"] = str(threads)
-    console.print(f"worker on {', '.join(dict.fromkeys(chosen))} (experts: {', '.join(names) or 'none'})")
+    console.print(markup(f"worker on {', '.join(dict.fromkeys(chosen))} (experts: {', '.join(names) or 'none'})"))
     from workflows.celery_app import app as celery_app
 
     celery_app.worker_main(

@@ -15,6 +15,7 @@ from cache.store import DirectoryStore
 from experts import ExpertBridgeError, create_expert
 from workflows.bridging import BridgeJob, read_pairs
 from workflows.inputs import expand_inputs
+from workflows.rendering import markup
 from workflows.settings import Settings
 
 app = typer.Typer(help="Learnable bridges (projector, Q-Former queries) into a frozen LM.", no_args_is_help=True)
@@ -24,7 +25,7 @@ PairsArg = Annotated[Path, typer.Argument(help="image-caption pairs: JSONL {imag
 
 
 def _fail(err: Exception):
-    console.print(f"[red]error:[/red] {err}")
+    console.print(f"[red]error:[/red] {markup(err)}")
     raise typer.Exit(2) from err
 
 
@@ -73,7 +74,7 @@ def train_cmd(
         f"train loss {first['train_loss']:.3f} → {last['train_loss']:.3f} over {len(result.history)} epochs"
         + (f", val {last['val_loss']:.3f}" if last.get("val_loss") is not None else "")
         + (f"; left out {len(job.dropped)} unreadable images" if job.dropped else "")
-        + f"; saved to {out}/"
+        + f"; saved to {markup(out)}/"
     )
     (out / "history.json").write_text(json.dumps(result.history, indent=2))
 
@@ -108,5 +109,6 @@ def caption_cmd(
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = Table("image", "caption")
     for r in rows:
-        table.add_row(r["image"], r.get("caption") or f"[red]{r.get('error')}[/red]")
+        caption = markup(r["caption"]) if r.get("caption") else f"[red]{markup(r.get('error'))}[/red]"
+        table.add_row(markup(r["image"]), caption)
     Console().print(table)

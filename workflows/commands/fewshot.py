@@ -17,6 +17,7 @@ from workflows.datasets import few_shot_splits, load_splits
 from workflows.fewshot import METHODS, FewShotClassifier
 from workflows.fewshot_eval import BASELINE, run_sweep
 from workflows.report import write_fewshot_report
+from workflows.rendering import markup
 from workflows.settings import Settings
 
 app = typer.Typer(help="Few-shot classification with adaptive feature caches.", no_args_is_help=True)
@@ -96,16 +97,16 @@ def eval_cmd(
                 on_run=advance,
             )
     except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {markup(err)}")
         raise typer.Exit(2) from err
     page = write_fewshot_report(result, report, dataset=data.name, experts=[e.name for e in feature_experts])
     table = Table("method", *[f"{s}-shot" for s in shot_list])
     for method, by in result.table().items():
-        table.add_row(method, *[f"{by[s][0]:.1%}" if s in by else "" for s in shot_list])
+        table.add_row(markup(method), *[f"{by[s][0]:.1%}" if s in by else "" for s in shot_list])
     Console().print(table)
     best = max((m for m in result.table() if m != BASELINE), key=result.mean_accuracy)
     console.print(
-        f"report: {page}  |  mean accuracy: {best} {result.mean_accuracy(best):.1%}, "
+        f"report: {markup(page)}  |  mean accuracy: {markup(best)} {result.mean_accuracy(best):.1%}, "
         f"{BASELINE} {result.mean_accuracy(BASELINE):.1%}"
     )
 
@@ -142,11 +143,11 @@ def fit_cmd(
         scored = clf.evaluate(test)
         clf.save(out)
     except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {markup(err)}")
         raise typer.Exit(2) from err
     console.print(
         f"{method}, {shots}-shot: test accuracy {scored['accuracy']:.1%} on {scored['evaluated']} images "
-        f"(alpha={clf.cache.alpha:g}, beta={clf.cache.beta:g}); saved to {out}/"
+        f"(alpha={clf.cache.alpha:g}, beta={clf.cache.beta:g}); saved to {markup(out)}/"
     )
 
 
@@ -164,7 +165,7 @@ def predict_cmd(
         clf = FewShotClassifier.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
         preds = clf.predict(expand_inputs(images))
     except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {markup(err)}")
         raise typer.Exit(2) from err
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,8 +173,8 @@ def predict_cmd(
     table = Table("image", "label", "p", "parts (logit of the label)")
     for p in preds:
         if p.label is None:
-            table.add_row(p.source, "[red]error[/red]", "", p.error or "")
+            table.add_row(markup(p.source), "[red]error[/red]", "", markup(p.error or ""))
         else:
             parts = ", ".join(f"{k} {v:+.2f}" for k, v in p.contributions.items())
-            table.add_row(p.source, p.label, f"{p.probabilities[p.label]:.2f}", parts)
+            table.add_row(markup(p.source), markup(p.label), f"{p.probabilities[p.label]:.2f}", markup(parts))
     Console().print(table)
