@@ -335,3 +335,23 @@ def test_sixteen_8000_square_pngs_in_one_batch_stay_under_1gb(tmp_path):
     assert out["reasons"] == [None] * 16
     assert out["growth"] < 1 * GB, f"peak RSS grew {out['growth'] / 2**20:.0f} MB"
     assert out["cpu"] < 60
+
+
+def test_unexpected_decoder_errors_fail_the_item_alone(corpus_dir, tiny_encoder, monkeypatch):
+    """Fuzzed files make PIL raise more than OSError (struct.error, IndexError, ...): still one item's reason."""
+    import struct
+
+    import experts.images
+
+    real = experts.images._to_rgb
+
+    def flaky(img, name):
+        if "good_1" in name:
+            raise struct.error("unpack requires a buffer of 4 bytes")
+        return real(img, name)
+
+    monkeypatch.setattr(experts.images, "_to_rgb", flaky)
+    paths = [c.path for c in corpus_dir[1] if c.name.startswith("good_")]
+    results = tiny_encoder.run(paths)
+    assert [r.reason for r in results] == [None, "truncated", None]
+    assert "struct.error" in results[1].error or "unpack requires" in results[1].error
