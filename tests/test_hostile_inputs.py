@@ -126,6 +126,32 @@ def test_each_hostile_file_gets_its_reason_in_time(corpus_dir, name):
         assert portable_name(case.path) in message  # the message names the input, printably
 
 
+NEVER_OPENED = [c.name for c in LIGHT if c.reason == "not_a_file" or c.name.startswith("sparse")]
+
+
+@pytest.mark.parametrize("name", NEVER_OPENED)
+def test_special_and_oversized_files_are_refused_without_opening(corpus_dir, monkeypatch, name):
+    """Judged by stat alone: a FIFO is never opened (no hang), /dev/zero and a sparse 200 MB file never read."""
+    case = next(c for c in corpus_dir[1] if c.name == name)
+    real_open = os.open
+
+    def spy(path, *args, **kwargs):
+        if os.fsdecode(path) == case.path:
+            raise AssertionError(f"{case.path} was opened")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    assert _outcome(case.path)[0] == case.reason
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux procfs")
+def test_byte_cap_holds_when_stat_under_reports_the_size():
+    """procfs files stat as 0 bytes yet hold more: the read itself is capped too."""
+    assert os.stat("/proc/self/maps").st_size == 0
+    reason, message, _ = _outcome("/proc/self/maps", max_file_bytes=100)
+    assert reason == "too_large" and "cap of 100 bytes" in message
+
+
 def test_huge_aspect_ratio_is_refused_from_the_header(tmp_path):
     size = write_png(tmp_path / "wide.png", 3_000_000, 20)
     assert size < 100_000
