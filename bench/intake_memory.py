@@ -72,7 +72,9 @@ def main() -> None:
         if args.case in ("batch", "all"):
             batch = write_big_batch(Path(tmp) / "big", n=16, side=8000)
             size = sum(Path(c.path).stat().st_size for c in batch)
-            print(f"batch (16 files, {size / 1024:.0f} KB, 8000x8000):", measure([c.path for c in batch], args.limit_gb))
+            print(
+                f"batch (16 files, {size / 1024:.0f} KB, 8000x8000):", measure([c.path for c in batch], args.limit_gb)
+            )
 
 
 if __name__ == "__main__":

@@ -207,7 +207,9 @@ def _from_bytes(data: bytes, name: str, limits: _Limits) -> LoadedImage:
         raise ImageError(f"{name}: decoding ran out of memory", reason="too_large", source=name) from exc
     except Exception as exc:  # noqa: BLE001 - OSError/SyntaxError/EOFError usually; fuzzed files raise anything
         raise ImageError(
-            f"{name}: truncated or corrupt image data ({type(exc).__name__}: {exc})"[:300], reason="truncated", source=name
+            f"{name}: truncated or corrupt image data ({type(exc).__name__}: {exc})"[:300],
+            reason="truncated",
+            source=name,
         ) from exc
     return LoadedImage(rgb, digest, name)
 

@@ -19,12 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from experts import create_expert
-from experts.errors import ImageError
-from experts.images import load_image
-from experts.sources import portable_name
 from hostile import (
     URL_TIMEOUT,
     HostileCase,
@@ -36,6 +30,12 @@ from hostile import (
     write_locked_tree,
     write_png,
 )
+from typer.testing import CliRunner
+
+from experts import create_expert
+from experts.errors import ImageError
+from experts.images import load_image
+from experts.sources import portable_name
 from workflows.cli import app
 from workflows.inputs import scan_inputs
 
@@ -64,9 +64,9 @@ def corpus_dir(open_tmp) -> tuple[Path, list[HostileCase]]:
 
 @pytest.fixture(scope="module")
 def heavy_corpus(tmp_path_factory) -> list[HostileCase]:
-    d = tmp_path_factory.mktemp("hostile_heavy")
-    light = {c.name for c in write_corpus(d / "light", heavy=False)}
-    return [c for c in write_corpus(d / "all", heavy=True) if c.name not in light]
+    """Only the multi-megapixel cases (3,000,000×20 and the 8000×8000 L, 16-bit and RGBA PNGs)."""
+    light = {c.name for c in LIGHT}
+    return [c for c in write_corpus(tmp_path_factory.mktemp("hostile_heavy"), heavy=True) if c.name not in light]
 
 
 @pytest.fixture(scope="module")
