@@ -32,10 +32,24 @@ from PIL import Image
 from experts.device import resolve_device
 from experts.errors import ConfigError, ExpertRunError, ImageError, WeightsNotFoundError
 from experts.evidence import Features, evidence_from_dict
-from experts.images import DEFAULT_MAX_PIXELS, ImageSource, LoadedImage, describe_source, load_image
+from experts.images import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageSource,
+    LoadedImage,
+    describe_source,
+    load_image,
+)
 from experts.weights import WeightsRef, is_offline, require_local, resolve_weights
 
 log = logging.getLogger(__name__)
+
+#: Decoded pixels one forward batch may hold (~96 MB of RGB). A batch is cut early once its
+#: images reach this, so sixteen 64 MP photos run one at a time instead of as 3 GB of RGB
+#: at once; ordinary photos still fill a batch (16 × 2 MP). Results are the same, only
+#: how many images share a forward pass changes.
+DEFAULT_MAX_BATCH_PIXELS = 32_000_000
 
 E = TypeVar("E")
 
@@ -100,6 +114,8 @@ class Expert(ABC):
     stored_fields: ClassVar[Mapping[str, str | type]] = {"weights": "weights"}
     #: True when the loader looks a bare weights name up on the hub (transformers), not in a tag list
     bare_weights_names_are_hub_ids: ClassVar[bool] = False
+    #: decoded pixels held per forward batch (see :data:`DEFAULT_MAX_BATCH_PIXELS`)
+    max_batch_pixels: ClassVar[int] = DEFAULT_MAX_BATCH_PIXELS
 
     def __init__(
         self,
@@ -109,6 +125,8 @@ class Expert(ABC):
         batch_size: int = 16,
         offline: bool | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         allow_urls: bool = False,
     ) -> None:
         if batch_size < 1:
@@ -119,6 +137,8 @@ class Expert(ABC):
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.max_aspect_ratio = max_aspect_ratio
+        self.max_file_bytes = max_file_bytes
         self.allow_urls = allow_urls
         self._model: Any = None
         self._load_lock = threading.Lock()
@@ -188,26 +208,50 @@ class Expert(ABC):
             bar.close()
         return results
 
+    @property
+    def intake_limits(self) -> dict[str, Any]:
+        """This expert's :func:`~experts.images.load_image` keyword arguments (caps and URL opt-in)."""
+        return {
+            "max_pixels": self.max_pixels,
+            "max_aspect_ratio": self.max_aspect_ratio,
+            "max_file_bytes": self.max_file_bytes,
+            "allow_urls": self.allow_urls,
+        }
+
     def load_image(self, source: ImageSource) -> LoadedImage:
-        return load_image(source, max_pixels=self.max_pixels, allow_urls=self.allow_urls)
+        return load_image(source, **self.intake_limits)
 
     def _run_chunk(self, chunk: Sequence[ImageSource], offset: int) -> list[ItemResult]:
         slots: list[ItemResult | None] = [None] * len(chunk)
-        loaded: list[tuple[int, LoadedImage]] = []
+        pending: list[tuple[int, LoadedImage]] = []
+        pixels = 0
         for i, src in enumerate(chunk):
             try:
-                loaded.append((i, self.load_image(src)))
+                img = self.load_image(src)
             except ImageError as err:
                 slots[i] = ItemResult(offset + i, describe_source(src), error=str(err), reason=err.reason)
-        if loaded:
-            for (i, img), outcome in zip(loaded, self._predict_isolating([im for _, im in loaded])):
-                if isinstance(outcome, Exception):
-                    slots[i] = ItemResult(
-                        offset + i, img.source, img.sha256, error=str(outcome), reason="expert_failed"
-                    )
-                else:
-                    slots[i] = ItemResult(offset + i, img.source, img.sha256, evidence=outcome)
+                continue
+            except Exception as exc:  # noqa: BLE001 - intake must never take the neighbours down
+                log.warning("intake failed on %s: %r", describe_source(src), exc)
+                error = f"{describe_source(src)}: cannot read image ({type(exc).__name__}: {exc})"[:500]
+                slots[i] = ItemResult(offset + i, describe_source(src), error=error, reason="unreadable")
+                continue
+            pending.append((i, img))
+            pixels += img.size[0] * img.size[1]
+            del img  # only `pending` holds it, so a flushed batch is freed before the next decode
+            if pixels >= self.max_batch_pixels:  # run what we hold before decoding more
+                self._predict_into(slots, pending, offset)
+                pending, pixels = [], 0
+        if pending:
+            self._predict_into(slots, pending, offset)
         return slots  # type: ignore[return-value]
+
+    def _predict_into(self, slots: list, loaded: list[tuple[int, LoadedImage]], offset: int) -> None:
+        for (i, img), outcome in zip(loaded, self._predict_isolating([im for _, im in loaded])):
+            if isinstance(outcome, Exception):
+                slots[i] = ItemResult(offset + i, img.source, img.sha256, error=str(outcome), reason="expert_failed")
+            else:
+                slots[i] = ItemResult(offset + i, img.source, img.sha256, evidence=outcome)
 
     def _predict_isolating(self, images: list[LoadedImage]) -> list[Any]:
         """Predict a batch; if it fails, retry item by item so one bad input fails alone."""

@@ -15,9 +15,10 @@ class ExpertBridgeError(Exception):
 class ImageError(ExpertBridgeError, ValueError):
     """An input could not be turned into an RGB image.
 
-    ``reason`` is a short machine-readable code (``missing``, ``not_an_image``,
-    ``truncated``, ``empty``, ``too_large``, ``unsupported``, ``url_disabled``,
-    ``fetch_failed``) so batch reports can be grouped by cause.
+    ``reason`` is a short machine-readable code (``missing``, ``unreadable``,
+    ``not_a_file``, ``not_an_image``, ``truncated``, ``empty``, ``too_large``,
+    ``aspect_ratio``, ``unsupported``, ``url_disabled``, ``fetch_failed``) so batch
+    reports can be grouped by cause.
     """
 
     def __init__(self, message: str, *, reason: str, source: str | None = None):

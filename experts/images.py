@@ -1,8 +1,17 @@
 """Image intake: anything a user hands us → a validated RGB image + a content hash.
 
-Accepted sources: a filesystem path, raw encoded bytes, a ``PIL.Image``, a numpy
-array (``HxW``, ``HxWx3``, ``HxWx4``; uint8, uint16 or float in ``[0, 1]``), and an
-``http(s)://`` URL only when the caller opts in with ``allow_urls=True``.
+Accepted sources: a filesystem path (or ``file://`` URI), raw encoded bytes, a
+``PIL.Image``, a numpy array (``HxW``, ``HxWx3``, ``HxWx4``; uint8, uint16 or float
+in ``[0, 1]``), and an ``http(s)://`` URL (any case) only when the caller opts in
+with ``allow_urls=True``.
+
+Limits, all checked before anything large is allocated (a few KB of PNG can
+declare gigapixels, PIL reads the header lazily): ``max_file_bytes`` on the
+encoded input (files are ``stat``-ed first and must be regular files, see
+:mod:`experts.sources`), then ``max_pixels`` and ``max_aspect_ratio`` on the
+header's width and height, before a single pixel is decoded. The aspect cap
+exists because models resize the *shorter* side: a 3,000,000 × 20 strip is under
+the pixel cap yet asks a 256-pixel resize for ~10 gigapixels.
 
 Every failure is an :class:`~experts.errors.ImageError` with a ``reason`` code.
 The content hash is the sha256 of the encoded bytes (files, bytes, URLs) or of
@@ -18,9 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import urllib.request
+import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -29,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from experts.errors import ImageError
+from experts.sources import DEFAULT_MAX_FILE_BYTES, fetch_url, is_url, portable_name, read_file
 
 # Partial files must fail loudly, never be padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -43,8 +53,24 @@ except ImportError:  # pragma: no cover - optional
 #: Default pixel cap (width × height). Larger images are refused as possible
 #: decompression bombs; pass ``max_pixels`` to raise or lower it.
 DEFAULT_MAX_PIXELS = 64_000_000
-#: URL downloads are capped too, so an opted-in URL cannot exhaust memory.
-DEFAULT_MAX_URL_BYTES = 50_000_000
+#: Default cap on long side / short side. Wider panoramas and taller strips are refused
+#: (reason ``aspect_ratio``): resizing their short side to a model's input size would
+#: blow the long side up by the same factor.
+DEFAULT_MAX_ASPECT_RATIO = 50.0
+
+__all__ = [
+    "DEFAULT_MAX_ASPECT_RATIO",
+    "DEFAULT_MAX_FILE_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "ImageSource",
+    "LoadedImage",
+    "content_sha256",
+    "describe_source",
+    "ensure_loaded",
+    "load_image",
+    "load_images",
+    "sha256_file",
+]
 
 ImageSource = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray, "LoadedImage"]
 
@@ -66,29 +92,38 @@ def load_image(
     source: ImageSource,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     allow_urls: bool = False,
     url_timeout: float = 10.0,
 ) -> LoadedImage:
-    """Decode ``source`` into a :class:`LoadedImage` or raise :class:`ImageError`."""
+    """Decode ``source`` into a :class:`LoadedImage` or raise :class:`ImageError`.
+
+    ``url_timeout`` is the whole download's deadline in seconds, not a per-read timeout.
+    """
     if isinstance(source, LoadedImage):
         return source
+    limits = (max_pixels, max_aspect_ratio)
     if isinstance(source, Image.Image):
-        return _from_pil(source, "<PIL.Image>", max_pixels)
+        return _from_pil(source, "<PIL.Image>", limits)
     if isinstance(source, np.ndarray):
-        return _from_pil(_array_to_pil(source), "<ndarray>", max_pixels)
+        return _from_pil(_array_to_pil(source), "<ndarray>", limits)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(source), "<bytes>", max_pixels)
-    if isinstance(source, (str, Path)):
-        text = str(source)
-        if text.startswith(("http://", "https://")):
+        return _from_bytes(bytes(source), "<bytes>", limits)
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if isinstance(text, str) and is_url(text):
             if not allow_urls:
                 raise ImageError(
-                    f"{text}: URLs are not fetched unless you opt in (allow_urls=True)",
+                    f"{portable_name(text)}: URLs are not fetched unless you opt in (allow_urls=True)",
                     reason="url_disabled",
-                    source=text,
+                    source=portable_name(text),
                 )
-            return _from_bytes(_fetch(text, url_timeout), text, max_pixels)
-        return _from_bytes(_read_file(Path(text)), text, max_pixels)
+            data = fetch_url(text, timeout=url_timeout, max_bytes=max_file_bytes)
+            return _from_bytes(data, portable_name(text), limits)
+        if isinstance(text, bytes):
+            text = os.fsdecode(text)
+        return _from_bytes(read_file(text, max_bytes=max_file_bytes), portable_name(text), limits)
     raise ImageError(
         f"cannot read an image from {type(source).__name__}; pass a path, bytes, PIL image or numpy array",
         reason="unsupported",
@@ -111,21 +146,22 @@ def describe_source(source: ImageSource) -> str:
     """A short printable name for a source, for reports and error messages."""
     if isinstance(source, LoadedImage):
         return source.source
-    if isinstance(source, (str, Path)):
-        return str(source)
+    if isinstance(source, (str, os.PathLike)):
+        return portable_name(os.fsdecode(source))
     return f"<{type(source).__name__}>"
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
     """Content hash of a file on disk, identical to ``load_image(path).sha256``."""
-    return hashlib.sha256(_read_file(Path(path))).hexdigest()
+    return hashlib.sha256(read_file(os.fsdecode(path), max_bytes=max_file_bytes)).hexdigest()
 
 
 def content_sha256(source: ImageSource, **kwargs) -> str:
     """The content hash ``load_image(source).sha256`` would give, without decoding when possible.
 
     Files and bytes are only hashed (fast: this is what makes a warm feature
-    store cheap); in-memory images and URLs are loaded. Raises :class:`ImageError`.
+    store cheap); in-memory images and URLs are loaded. Takes
+    :func:`load_image`'s keyword arguments. Raises :class:`ImageError`.
     """
     if isinstance(source, LoadedImage):
         return source.sha256
@@ -133,40 +169,23 @@ def content_sha256(source: ImageSource, **kwargs) -> str:
         if not source:
             raise ImageError("<bytes>: empty file (0 bytes)", reason="empty", source="<bytes>")
         return hashlib.sha256(bytes(source)).hexdigest()
-    if isinstance(source, (str, Path)) and not str(source).startswith(("http://", "https://")):
-        data = _read_file(Path(source))
+    if isinstance(source, (str, os.PathLike)) and not is_url(os.fsdecode(source)):
+        text = os.fsdecode(source)
+        data = read_file(text, max_bytes=kwargs.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES))
         if not data:
-            raise ImageError(f"{source}: empty file (0 bytes)", reason="empty", source=str(source))
+            name = portable_name(text)
+            raise ImageError(f"{name}: empty file (0 bytes)", reason="empty", source=name)
         return hashlib.sha256(data).hexdigest()
     return load_image(source, **kwargs).sha256
 
 
-# --------------------------------------------------------------------------- sources
+# --------------------------------------------------------------------------- decoding
+
+#: ``(max_pixels, max_aspect_ratio)``
+_Limits = tuple[int, float]
 
 
-def _read_file(path: Path) -> bytes:
-    if not path.exists():
-        raise ImageError(f"{path}: no such file", reason="missing", source=str(path))
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not an image file", reason="not_an_image", source=str(path))
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read file ({exc.strerror})", reason="missing", source=str(path)) from exc
-
-
-def _fetch(url: str, timeout: float) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - opt-in only
-            data = resp.read(DEFAULT_MAX_URL_BYTES + 1)
-    except OSError as exc:
-        raise ImageError(f"{url}: download failed ({exc})", reason="fetch_failed", source=url) from exc
-    if len(data) > DEFAULT_MAX_URL_BYTES:
-        raise ImageError(f"{url}: larger than {DEFAULT_MAX_URL_BYTES} bytes", reason="too_large", source=url)
-    return data
-
-
-def _from_bytes(data: bytes, name: str, max_pixels: int) -> LoadedImage:
+def _from_bytes(data: bytes, name: str, limits: _Limits) -> LoadedImage:
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)", reason="empty", source=name)
     digest = hashlib.sha256(data).hexdigest()
@@ -174,22 +193,29 @@ def _from_bytes(data: bytes, name: str, max_pixels: int) -> LoadedImage:
         with warnings.catch_warnings():
             # PIL warns (then errors) on bombs with its own global cap; we apply ours first.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            _check_size(img.size, name, max_pixels)
+            img = Image.open(io.BytesIO(data))  # reads the header only
+            _check_size(img.size, name, limits)  # before a single pixel is allocated
             img.load()
+            rgb = _to_rgb(img, name)
     except ImageError:
         raise
     except (UnidentifiedImageError, ImportError) as exc:
         raise ImageError(f"{name}: not an image (unrecognized format)", reason="not_an_image", source=name) from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: {exc}", reason="too_large", source=name) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{name}: truncated or corrupt image data ({exc})", reason="truncated", source=name) from exc
-    return LoadedImage(_to_rgb(img, name), digest, name)
+    except MemoryError as exc:
+        raise ImageError(f"{name}: decoding ran out of memory", reason="too_large", source=name) from exc
+    except Exception as exc:  # noqa: BLE001 - OSError/SyntaxError/EOFError usually; fuzzed files raise anything
+        raise ImageError(
+            f"{name}: truncated or corrupt image data ({type(exc).__name__}: {exc})"[:300],
+            reason="truncated",
+            source=name,
+        ) from exc
+    return LoadedImage(rgb, digest, name)
 
 
-def _from_pil(img: Image.Image, name: str, max_pixels: int) -> LoadedImage:
-    _check_size(img.size, name, max_pixels)
+def _from_pil(img: Image.Image, name: str, limits: _Limits) -> LoadedImage:
+    _check_size(img.size, name, limits)
     # Hash pixels + geometry: two different arrays can never share a key.
     h = hashlib.sha256()
     h.update(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
@@ -197,7 +223,8 @@ def _from_pil(img: Image.Image, name: str, max_pixels: int) -> LoadedImage:
     return LoadedImage(_to_rgb(img, name), h.hexdigest(), name)
 
 
-def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
+def _check_size(size: tuple[int, int], name: str, limits: _Limits) -> None:
+    max_pixels, max_aspect_ratio = limits
     w, h = size
     if w <= 0 or h <= 0:
         raise ImageError(f"{name}: zero-size image ({w}x{h})", reason="empty", source=name)
@@ -208,9 +235,20 @@ def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
             reason="too_large",
             source=name,
         )
+    if max(w, h) > max_aspect_ratio * min(w, h):
+        raise ImageError(
+            f"{name}: {w}x{h} is {max(w, h) / min(w, h):.0f}:1, beyond the aspect-ratio cap of "
+            f"{max_aspect_ratio:g}:1 (resizing its short side would explode the long one; "
+            "crop it, or raise max_aspect_ratio)",
+            reason="aspect_ratio",
+            source=name,
+        )
 
 
 # --------------------------------------------------------------------------- pixels
+
+#: Rows converted per step when scaling high-bit-depth images (bounds temporaries).
+_STRIP_ROWS = 256
 
 
 def _array_to_pil(arr: np.ndarray) -> Image.Image:
@@ -250,29 +288,41 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
         return img.copy() if img.readonly else img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16/32-bit greyscale: scale to 8 bits instead of PIL's clipping convert().
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img)
         top = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr8 = (np.clip(arr / top, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB")
+        return _scaled_to_rgb(arr, lambda x: np.clip(x / top, 0.0, 1.0) * 255.0 + 0.5)
     if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img)
         lo, hi = float(arr.min()), float(arr.max())
-        arr8 = ((arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0 + 0.5).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB")
+        return _scaled_to_rgb(arr, lambda x: (x - lo) / (hi - lo if hi > lo else 1.0) * 255.0 + 0.5)
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        # Composite on white: transparent pixels often hold garbage colours.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        # Composite on white: transparent pixels often hold garbage colours. paste() with the
+        # alpha as mask gives alpha_composite's exact pixels without two extra RGBA canvases.
+        rgba = img if mode == "RGBA" else img.convert("RGBA")  # convert() would copy an RGBA image
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, (0, 0), rgba)
+        return out
     try:
         return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
     except (ValueError, OSError) as exc:
         raise ImageError(
             f"{name}: cannot convert mode {mode} to RGB ({exc})", reason="unsupported", source=name
         ) from exc
+
+
+def _scaled_to_rgb(arr: np.ndarray, scale: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
+    """``scale`` (float64 in, 0.5-offset 0..255 out) applied a strip of rows at a time, then RGB.
+
+    Strips keep the float64 arithmetic (same pixels as one whole-array pass) without ever
+    holding a float64 copy of a large image: 64 MP would need 512 MB per temporary.
+    """
+    out = np.empty(arr.shape[:2], dtype=np.uint8)
+    for top in range(0, arr.shape[0], _STRIP_ROWS):
+        out[top : top + _STRIP_ROWS] = scale(arr[top : top + _STRIP_ROWS].astype(np.float64))
+    return Image.fromarray(out, "L").convert("RGB")
 
 
 def ensure_loaded(images: Sequence[ImageSource], **kwargs) -> list[LoadedImage]:

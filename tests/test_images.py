@@ -32,8 +32,8 @@ def test_missing_file_names_the_path(tmp_path):
     assert str(tmp_path / "nope.jpg") in str(info.value)
 
 
-def test_directory_is_not_an_image(tmp_path):
-    assert _reason(tmp_path) == "not_an_image"
+def test_directory_is_not_a_file(tmp_path):
+    assert _reason(tmp_path) == "not_a_file"
 
 
 def test_text_file_is_not_an_image(tmp_path):

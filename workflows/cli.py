@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from experts import (
@@ -34,7 +35,7 @@ from workflows.commands import batch as batch_commands
 from workflows.commands import bridge as bridge_commands
 from workflows.commands import fewshot as fewshot_commands  # noqa: E402
 from workflows.commands.ask import ask_cmd
-from workflows.inputs import expand_inputs
+from workflows.inputs import scan_inputs
 from workflows.rendering import markup
 from workflows.settings import ENV_FILE_VAR, Settings
 
@@ -129,8 +130,10 @@ def run_cmd(
         kwargs["batch_size"] = batch_size
     try:
         model = create_expert(expert, **kwargs)
-        sources = expand_inputs(inputs)
-        results = model.run(sources, progress=sys.stderr.isatty())
+        scan = scan_inputs(inputs)
+        if note := scan.skipped_note():
+            console.print(f"[yellow]warning:[/yellow] {escape(note)}")
+        results = model.run(scan.sources, progress=sys.stderr.isatty())
     except ExpertBridgeError as err:
         console.print(f"[red]error:[/red] {markup(err)}")
         raise typer.Exit(2) from err

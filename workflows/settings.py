@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     offline: bool = Field(default_factory=is_offline, description="never download weights")
     batch_size: int = Field(16, ge=1)
     max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb cap per image")
+    max_aspect_ratio: float = Field(50.0, ge=1, description="long side / short side cap per image")
+    max_file_bytes: int = Field(100_000_000, ge=1, description="byte cap per image file or download")
     allow_urls: bool = Field(False, description="accept http(s) image URLs as inputs")
     trust_pickle_weights: bool = Field(
         False, description="load pickled checkpoints (YOLO .pt, Ultralytics tags), which can run code; --trust-pickle"
@@ -140,6 +142,8 @@ class Settings(BaseSettings):
             "offline": self.offline,
             "batch_size": self.batch_size,
             "max_pixels": self.max_pixels,
+            "max_aspect_ratio": self.max_aspect_ratio,
+            "max_file_bytes": self.max_file_bytes,
             "allow_urls": self.allow_urls,
         }
 

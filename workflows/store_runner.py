@@ -55,7 +55,7 @@ def run_through_store(
     shas: dict[int, str] = {}
     for i, src in enumerate(sources):
         try:
-            shas[i] = content_sha256(src, max_pixels=expert.max_pixels, allow_urls=expert.allow_urls)
+            shas[i] = content_sha256(src, **expert.intake_limits)
         except ImageError as err:
             results[i] = ItemResult(i, describe_source(src), error=str(err), reason=err.reason)
             continue
