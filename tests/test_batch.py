@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 from cache.redis_store import RedisStore
 from cache.store import DirectoryStore
 from experts import ConfigError
+from experts.sources import local_path
 from workflows.batch import BatchUnavailableError, JobNotFoundError, Jobs
 from workflows.batch import runner as batch_runner
 from workflows.batch.jobs import batch_store, new_job_id, plan_messages, read_manifest
@@ -368,8 +369,8 @@ def _check_odd_names_job(jobs: Jobs, job: str, odd_names: dict[str, bytes], effi
     st = jobs.status(job)
     assert st.state == "completed" and (st.total, st.done, st.failed) == (5, 5, 1)
     rows = jobs.results(job)
-    assert [os.fsencode(r["source"]) for r in rows] == sorted(odd_names.values())  # carried byte for byte
-    by_path = {os.fsencode(r["source"]): r for r in rows}
+    assert [os.fsencode(local_path(r["source"])) for r in rows] == sorted(odd_names.values())  # byte for byte
+    by_path = {os.fsencode(local_path(r["source"])): r for r in rows}
     bad = by_path[odd_names["corrupt"]]
     assert not bad["ok"] and bad["reason"] == "not_an_image"
     reference = efficientnet.run([os.fsdecode(odd_names[f"good{n}"]) for n in range(4)])
@@ -382,18 +383,18 @@ def test_non_utf8_file_names_are_carried_and_a_bad_one_fails_alone_embedded(
     embedded, odd_names, efficientnet, tmp_path, monkeypatch
 ):
     folder = os.path.dirname(odd_names["good0"])
-    job = embedded.submit([os.fsdecode(folder)])  # a directory, expanded here: names arrive surrogate-escaped
+    job = embedded.submit([os.fsdecode(folder)])  # expanded here: odd names become file:// URIs (pure ASCII)
     _check_odd_names_job(embedded, job, odd_names, efficientnet)
     assert embedded.submit([os.fsdecode(folder)], job_id=job) == job  # the same request hashes the same
     embedded.export(job, tmp_path / "r.jsonl")
     exported = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert [os.fsencode(r["source"]) for r in exported] == sorted(odd_names.values())
+    assert [os.fsencode(local_path(r["source"])) for r in exported] == sorted(odd_names.values())
     # the CLI shows such names (undecodable bytes as \xNN) instead of crashing on them
     monkeypatch.delenv("EXPERTBRIDGE_BROKER_URL", raising=False)
     monkeypatch.setenv("EXPERTBRIDGE_JOBS_DIR", str(embedded.settings.jobs_dir))
     res = CliRunner().invoke(batch_cli.app, ["status", job], env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
-    assert "e\\xff.jpg" in res.output and "not_an_image" in res.output
+    assert "e%FF.jpg" in res.output and "not_an_image" in res.output  # shown as its file:// URI
 
 
 def test_job_ids_are_checked_in_one_place_and_never_reach_outside_the_jobs_dir(tmp_path, monkeypatch):
@@ -839,7 +840,7 @@ def test_queued_non_utf8_file_names_and_a_resubmitted_finished_job_is_a_no_op(
     job = jobs.submit([folder])
     jobs.wait(job, timeout=60, poll=0.1)
     _check_odd_names_job(jobs, job, odd_names, efficientnet)
-    assert [os.fsencode(s) for s in jobs.records.inputs(job)] == sorted(odd_names.values())
+    assert [os.fsencode(local_path(s)) for s in jobs.records.inputs(job)] == sorted(odd_names.values())
 
     first = jobs.status(job)
     assert first.deliveries == 3  # 5 items in chunks of 2; the last chunk is the corrupt file alone

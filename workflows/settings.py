@@ -50,7 +50,10 @@ def env_file_path(environ: Mapping[str, str] | None = None) -> Path | None:
             raise ConfigError(f"{ENV_FILE_VAR}={named}: no such file")
         return path
     path = Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "expertbridge" / ".env"
-    return path if path.is_file() else None
+    try:
+        return path if path.is_file() else None
+    except OSError:  # a HOME we may not look into (another user's, a service account's): no .env
+        return None
 
 
 class _RestrictingDotEnv(DotEnvSettingsSource):
