@@ -133,9 +133,11 @@ def _setup_line(setup: dict) -> str:
         return ""
     views = setup.get("augment_views", 1)
     keys = "plain features" if views == 1 else f"the mean of {views} views (the image and {views - 1} augmented)"
+    augmented = f", plus {views - 1} augmented view(s) of its {setup.get('support_images', '?')} support images"
     return (
-        f" Cache keys: {keys} per support image. {len(setup.get('seeds', []))} seed(s) per shot count;"
-        f" {setup.get('images', '?')} images, each encoded once for the whole sweep."
+        f" Cache keys: {keys} per support image. {len(setup.get('seeds', []))} seed(s) per shot count."
+        f" Each of the sweep's {setup.get('images', '?')} images was encoded once for all runs"
+        f"{augmented if views > 1 else ''}."
     )
 
 
