@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from workflows.cpu_tuning import tune_for_busy_cpus
+
 # Tests never touch the network: every loader must find what it needs on disk.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
-# As in workflows/__init__.py: OpenMP threads sleep instead of spinning, or busy cores slow torch several-fold.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+tune_for_busy_cpus()  # what the CLI and workers get (workflows/cpu_tuning.py), before any test loads torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EXPERTBRIDGE_SHARED", REPO.parent / "shared"))
