@@ -56,6 +56,8 @@ class Progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc=label, unit=unit.rstrip("s") or unit, file=self.stream)
+            if note:
+                self._bar.set_postfix_str(note)
         else:
             self._line()
 
