@@ -148,7 +148,8 @@ def test_search_report_is_a_summary_and_the_full_grid_stays_on_the_classifier(da
     assert 1 <= summary["ties"] <= 25 * 24
     assert len(json.dumps(clf.report)) < 600  # not the 600-cell grid
     assert clf.search.grid.shape == (24, 25) and clf.search.grid.max() == summary["val_accuracy"]
-    assert (clf.search.alpha, clf.search.beta) == (summary["alpha"], summary["beta"]) == (clf.cache.alpha, clf.cache.beta)
+    chosen = (summary["alpha"], summary["beta"])
+    assert (clf.search.alpha, clf.search.beta) == chosen == (clf.cache.alpha, clf.cache.beta)
 
 
 def test_progress_writes_plain_lines_when_not_on_a_terminal():
