@@ -197,5 +197,5 @@ def test_fewshot_eval_prints_progress_lines_when_piped_and_writes_the_report(dat
         + ["--views", "1", "--out", str(tmp_path / "model")],
     )
     assert res.exit_code == 0, res.output
-    assert re.search(r"^support features: 4/4 images \d+ s, done$", res.output, re.M), res.output
+    assert re.search(r"^support features: 4/4 images \(pixelstats\) \d+ s, done$", res.output, re.M), res.output
     assert "(GDA α=" in res.output and "beta" not in res.output

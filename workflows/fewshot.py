@@ -203,7 +203,7 @@ class FewShotClassifier:
         return Features({n: torch.stack(s) for n, s in stacks.items()}, ok, errors)
 
     def _bar(self, label: str, total: int) -> Progress:
-        return Progress(label, total, unit="images", enabled=self.progress)
+        return Progress(label, total, unit="images", enabled=self.progress, note=", ".join(self.experts))
 
     # ------------------------------------------------------------------ fit
 
