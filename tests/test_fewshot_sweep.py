@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -91,6 +92,20 @@ def test_a_sweep_encodes_each_image_once_per_view_and_nothing_when_run_again(dat
     again = run_sweep(splits, [encoder], shots=SHOTS, seeds=SEEDS, store=store, augment_views=3)
     assert PixelStats.encoded == 0
     assert again.rows == result.rows
+
+
+def test_unreadable_images_drop_out_of_the_sweep_alone(dataset, encoder, tmp_path):
+    """A corrupt support candidate and a corrupt test image are reported; every run still scores the rest."""
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    (root / "train" / "red" / "99.png").write_bytes(b"\x89PNG not really")
+    (root / "val" / "blue" / "99.png").write_bytes(b"")
+    splits = load_splits(root)
+    result = run_sweep(splits, [encoder], shots=(2, 16), seeds=SEEDS, augment_views=2)
+    assert sorted(result.setup["unreadable"]) == [str(root / "train/red/99.png"), str(root / "val/blue/99.png")]
+    runs = [r for r in result.rows if r["method"] != BASELINE]
+    assert len(runs) == 2 * 2 * 3 and all(r["test"] == 16 for r in runs)  # 17 val images, one unreadable
+    assert {r["support"] for r in runs if r["shots"] == 16} == {20}  # all 21 train images but the broken one
 
 
 @pytest.mark.parametrize("views", [1, 3])
