@@ -110,7 +110,9 @@ class Planner:
 
     def run(self, image: ImageSource, question: str) -> ReasoningResult:
         start = time.perf_counter()
-        trace = Trace(question=question, image=_describe(image), model=self.model_name, model_note=model_note(self.model))
+        trace = Trace(
+            question=question, image=_describe(image), model=self.model_name, model_note=model_note(self.model)
+        )
         if self.rules:
             result = self._rule_answer(image, question, trace, start)
             if result is not None:
@@ -145,7 +147,9 @@ class Planner:
         step = _tool_step(message, "detect_objects", {"labels": [matched.label]}, t0 - start, time.perf_counter() - t0)
         trace.steps.append(step)
         if step.error:  # the LLM would only be told the same failure: say it now, without model time
-            raise ExpertRunError(f"the {matched.kind} rule could not run the detector: {step.error.removeprefix('error: ')}")
+            raise ExpertRunError(
+                f"the {matched.kind} rule could not run the detector: {step.error.removeprefix('error: ')}"
+            )
         count = sum(1 for d in step.evidence["items"] if d["label"] == matched.label)
         answer, rationale = rules.answer(matched, count)
         trace.steps.append(

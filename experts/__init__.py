@@ -67,10 +67,16 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
 
-if TYPE_CHECKING:  # what static tools should see
-    from experts.base import Expert, FeatureExpert, ItemResult
-    from experts.errors import ConfigError, ExpertBridgeError, ExpertRunError, ImageError, WeightsNotFoundError
-    from experts.evidence import (
+if TYPE_CHECKING:  # what static tools should see; at run time __getattr__ imports these on first use
+    from experts.base import Expert, FeatureExpert, ItemResult  # noqa: F401
+    from experts.errors import (  # noqa: F401
+        ConfigError,
+        ExpertBridgeError,
+        ExpertRunError,
+        ImageError,
+        WeightsNotFoundError,
+    )
+    from experts.evidence import (  # noqa: F401
         Caption,
         Classification,
         Detection,
@@ -80,6 +86,6 @@ if TYPE_CHECKING:  # what static tools should see
         RegionCaptions,
         evidence_from_dict,
     )
-    from experts.images import LoadedImage, load_image, load_images
-    from experts.registry import create_expert, get_expert_class, list_experts, register_expert
-    from experts.weights import WeightsRef, is_offline, resolve_weights
+    from experts.images import LoadedImage, load_image, load_images  # noqa: F401
+    from experts.registry import create_expert, get_expert_class, list_experts, register_expert  # noqa: F401
+    from experts.weights import WeightsRef, is_offline, resolve_weights  # noqa: F401

@@ -83,7 +83,8 @@ def load_image(
         if text.startswith(("http://", "https://")):
             if not allow_urls:
                 raise ImageError(
-                    f"{text}: URLs are not fetched unless you opt in: EXPERTBRIDGE_ALLOW_URLS=1 (allow_urls=True in Python)",
+                    f"{text}: URLs are not fetched unless you opt in: "
+                    "EXPERTBRIDGE_ALLOW_URLS=1 (allow_urls=True in Python)",
                     reason="url_disabled",
                     source=text,
                 )

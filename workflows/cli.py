@@ -80,7 +80,9 @@ def parse_options(expert: str, pairs: list[str]) -> dict[str, Any]:
             parsed[key] = adapter.validate_python(value)
         except ValidationError as err:
             problem = "; ".join(e["msg"] for e in err.errors())
-            raise ConfigError(f"--set {pair}: {expert}'s option {key} is {_type_name(options[key])}: {problem}") from None
+            raise ConfigError(
+                f"--set {pair}: {expert}'s option {key} is {_type_name(options[key])}: {problem}"
+            ) from None
     return parsed
 
 

@@ -55,6 +55,7 @@ class FewShotPrediction:
     contributions: dict[str, float] = field(default_factory=dict)  # each part's logit for the predicted class
     branch_weights: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    reason: str | None = None  # why the image could not be used: the ImageError reason (truncated, missing, …)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +68,7 @@ class Features:
     by_branch: dict[str, torch.Tensor]
     ok: np.ndarray  # bool per input
     errors: dict[int, str]
+    reasons: dict[int, str] = field(default_factory=dict)  # input index → ImageError reason of a dropped item
 
 
 def augmentation(view: int, seed: int = 0) -> Callable[[Image.Image, str], Image.Image]:
@@ -141,6 +143,7 @@ class FewShotClassifier:
         """Features of every branch through the store; an item failing in any branch is dropped with its error."""
         ok = np.ones(len(sources), dtype=bool)
         errors: dict[int, str] = {}
+        reasons: dict[int, str] = {}
         results: dict[str, list[ItemResult]] = {}
         for name, expert in self.experts.items():
             results[name], _ = run_through_store(
@@ -150,13 +153,14 @@ class FewShotClassifier:
                 if not r.ok:
                     ok[r.index] = False
                     errors.setdefault(r.index, f"{name}: {r.error}")
+                    reasons.setdefault(r.index, r.reason or "expert_failed")
         by_branch = {
             name: torch.from_numpy(np.stack([r.evidence.vector for r, good in zip(rs, ok) if good]))
             if ok.any()
             else torch.zeros(0, 0)
             for name, rs in results.items()
         }
-        return Features(by_branch, ok, errors)
+        return Features(by_branch, ok, errors, reasons)
 
     def _views(self, sources: Sequence[str]) -> Features:
         stacks: dict[str, list[torch.Tensor]] = {n: [] for n in self.experts}
@@ -303,7 +307,8 @@ class FewShotClassifier:
         for i, src in enumerate(images):
             name = str(src) if isinstance(src, (str, Path)) else f"<{type(src).__name__}>"
             if not feats.ok[i]:
-                preds.append(FewShotPrediction(name, None, error=feats.errors.get(i, "unreadable")))
+                error, reason = feats.errors.get(i, "unreadable"), feats.reasons.get(i)
+                preds.append(FewShotPrediction(name, None, error=error, reason=reason))
                 continue
             c = int(probs[row].argmax())
             preds.append(

@@ -26,7 +26,9 @@ def _server_hint(model: str) -> str | None:
 
 def ask_cmd(
     ctx: typer.Context,
-    image: Annotated[str, typer.Argument(help="the image to ask about: a file, or an http(s) URL (EXPERTBRIDGE_ALLOW_URLS=1)")],
+    image: Annotated[
+        str, typer.Argument(help="the image to ask about: a file, or an http(s) URL (EXPERTBRIDGE_ALLOW_URLS=1)")
+    ],
     question: Annotated[str, typer.Argument(help="the question")],
     model: Annotated[
         str,

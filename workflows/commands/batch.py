@@ -264,8 +264,9 @@ def _fetch_yolo_weights(expert) -> None:
     except Exception as err:  # noqa: BLE001 - any failure to fetch means: refuse to start
         found, problem = False, f"{type(err).__name__}: {str(err).strip()}"
     if not found:
-        raise WeightsNotFoundError(f"yolo: weights {tag!r} are not on this machine and could not be fetched ({problem}). "
-                                   f"{expert.offline_hint}")
+        raise WeightsNotFoundError(
+            f"yolo: weights {tag!r} are not on this machine and could not be fetched ({problem}). {expert.offline_hint}"
+        )
 
 
 def default_worker_name(names: list[str], queues: list[str]) -> str:

@@ -143,7 +143,7 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
 
         handler: logging.Handler = RichHandler(console=console, show_path=verbose, rich_tracebacks=False)
     else:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.set_name("expertbridge-cli")
     root = logging.getLogger()
@@ -154,6 +154,18 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
     ours = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     for name in _OUR_LOGGERS:
         logging.getLogger(name).setLevel(ours)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners and pipes swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
 
 
 def finish(ok: int, failed: int, note: str = "") -> None:
