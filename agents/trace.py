@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 StepKind = Literal["model", "tool", "rule", "limit"]
 
+_WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")  # words and numbers (counts, scores) of a text
+
 
 @dataclass
 class Step:
@@ -80,9 +82,9 @@ class Trace:
         not a conclusion of its own, so it must not be shown as a confident answer."""
         if self.mode != "llm" or not self.answer:
             return False
-        words = re.findall(r"[a-z]+", self.answer.lower())
-        tool_words = set(re.findall(r"[a-z]+", " ".join(s.output or "" for s in self.tool_steps).lower()))
-        return len(words) >= 4 and sum(w in tool_words for w in words) >= 0.8 * len(words)
+        words = _WORD.findall(self.answer.lower())
+        tool_words = set(_WORD.findall(" ".join(s.output or "" for s in self.tool_steps).lower()))
+        return len(words) >= 4 and sum(w in tool_words for w in words) >= 0.7 * len(words)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
