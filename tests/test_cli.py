@@ -234,3 +234,20 @@ def test_logging_is_plain_lines_when_not_a_terminal(capsys):
     assert len(handlers) == 1 and handlers[0].formatter._fmt == "%(levelname)s %(name)s: %(message)s"  # not a TTY
     configure_logging()
     assert logging.getLogger("workflows").level == logging.INFO
+
+
+def test_missing_weights_messages_name_the_setting_not_a_python_argument():
+    from experts import WeightsNotFoundError, create_expert
+
+    with pytest.raises(WeightsNotFoundError, match="EXPERTBRIDGE_CLIP_WEIGHTS=PATH"):
+        create_expert("clip", weights="openai", offline=True)  # what `fewshot fit --clip` builds
+    with pytest.raises(WeightsNotFoundError, match="EXPERTBRIDGE_DINOV2_WEIGHTS=PATH"):
+        create_expert("dinov2", weights="pretrained", repo="/nonexistent/dinov2", offline=True).load()
+
+
+def test_the_package_declares_its_license_as_an_spdx_string():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"  # a table here makes setuptools print a deprecation 3x
+    assert "setuptools>=77" in project["build-system"]["requires"]

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from experts import ExpertBridgeError  # experts.errors only: cheap
-from workflows.commands.root import command_group, console
+from workflows.commands.root import command_group, console, finish
 from workflows.settings import Settings
 
 app = command_group(help="Learnable bridges (projector, Q-Former queries) into a frozen LM.")
@@ -115,3 +115,5 @@ def caption_cmd(
     for r in rows:
         table.add_row(r["image"], r.get("caption") or f"[red]{r.get('error')}[/red]")
     Console().print(table)
+    failed = sum("error" in r for r in rows)
+    finish(len(rows) - failed, failed)
