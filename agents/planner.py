@@ -18,8 +18,11 @@ Built on LangChain's ``create_agent`` (a LangGraph tool loop). One middleware, t
 
 ``look_first`` (default) requires a tool call on the first turn (``tool_choice="any"``):
 the model cannot see the image, and small models otherwise answer without looking.
-``first_tool`` names the tool that first call must be (e.g. ``describe_image`` when a
-trained bridge is given: otherwise small models always reach for the detector).
+``first_tool`` names the tool to look with first (e.g. ``describe_image`` when a trained
+bridge is given: otherwise small models always reach for the detector). A tool without
+arguments is called by the planner itself and its result opens the conversation (SmolLM2,
+forced to call it, wrote a JSON schema into the empty arguments); one with arguments is
+forced as the model's first call.
 
 With ``rules=True``, counting and presence questions about detector classes are answered
 without the LLM (see :mod:`agents.rules`), and the trace says so (``mode="rule"``).
@@ -118,14 +121,17 @@ class Planner:
             if result is not None:
                 return result
         tools = self.toolbox.tools_for(image)
-        first = self.first_tool if self.first_tool in {t.name for t in tools} else "any"
-        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, first if self.look_first else None)
+        first = next((t for t in tools if t.name == self.first_tool), None)
+        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, "any" if self.look_first else None)
+        messages: list = [HumanMessage(question)]
+        if first is not None and not first.args:
+            messages += self._first_look(first, trace, start)
+            guard.tool_calls, guard.look_first = 1, None
+        elif first is not None and self.look_first:
+            guard.look_first = first.name
         agent = create_agent(self.model, tools, system_prompt=self.system_prompt, middleware=[guard])
         steps = self.limits.max_model_calls + self.limits.max_tool_calls
-        state = agent.invoke(
-            {"messages": [HumanMessage(question)]},
-            config={"recursion_limit": 2 * steps + 8},
-        )
+        state = agent.invoke({"messages": messages}, config={"recursion_limit": 2 * steps + 8})
         final = next((m for m in reversed(state["messages"]) if isinstance(m, AIMessage)), None)
         text = _text(final) if final is not None else ""
         answer, rationale, cited = parse_answer(text)
@@ -133,6 +139,13 @@ class Planner:
         trace.answer, trace.rationale, trace.evidence_used = answer, rationale, used
         trace.seconds = time.perf_counter() - start
         return ReasoningResult(answer, rationale, used, trace)
+
+    def _first_look(self, tool, trace: Trace, start: float) -> list:
+        """Call ``tool`` (no arguments) before the model; the call and its result, as the model's history."""
+        t0 = time.perf_counter()
+        message = tool.invoke(_call(tool.name, {}))
+        trace.steps.append(_tool_step(message, tool.name, {}, t0 - start, time.perf_counter() - t0))
+        return [AIMessage("", tool_calls=[{"name": tool.name, "args": {}, "id": message.tool_call_id}]), message]
 
     def _rule_answer(self, image: ImageSource, question: str, trace: Trace, start: float) -> ReasoningResult | None:
         detector = self.toolbox.detector

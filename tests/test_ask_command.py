@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from langchain_core.messages import ToolMessage
 from langchain_core.tools import ToolException
 from typer.testing import CliRunner
 
@@ -125,11 +126,29 @@ def test_an_echo_of_the_tool_output_is_not_shown_as_an_answer():
     assert json.loads(echo.to_json())["model_note"] is None
 
 
-def test_a_bridge_makes_describe_image_the_first_call():
-    model = ScriptedChatModel(steps=[{"content": "Answer: an ant"}])
-    toolbox = ExpertToolbox(describer=object(), describer_expert=object())
-    Planner(model, toolbox, first_tool="describe_image").run("ant.jpg", "What is this?")
-    assert model.tool_choices[0] == "describe_image"
+def test_a_bridge_makes_describe_image_the_first_look():
+    """With a bridge, the planner calls describe_image itself and the model starts from its caption."""
+    import numpy as np
+
+    from experts import Features, ItemResult
+
+    class Describer:
+        def generate(self, vectors, prompts):
+            return ["an ant on a leaf"]
+
+    def runner_(expert, sources):
+        return [ItemResult(0, str(sources[0]), "0" * 64, Features(np.ones(4, np.float32)))], {"hits": 0, "misses": 1}
+
+    toolbox = ExpertToolbox(detector=object(), describer=Describer(), describer_expert=object(), runner=runner_)
+    model = ScriptedChatModel(steps=[{"content": "Answer: an ant\nEvidence: describe_image"}])
+    result = Planner(model, toolbox, first_tool="describe_image").run("ant.jpg", "What is this?")
+    assert [(s.kind, s.tool) for s in result.trace.steps] == [("tool", "describe_image"), ("model", None)]
+    assert "an ant on a leaf" in result.trace.steps[0].output and result.trace.steps[0].error is None
+    seen = [m.content for m in model.calls[0] if isinstance(m, ToolMessage)]
+    assert len(seen) == 1 and "an ant on a leaf" in seen[0]  # the model reads the bridge's caption first
+    assert model.tool_choices[0] is None  # nothing left to force
+    assert result.evidence_used == ["describe_image"] and result.answer == "an ant"
+    # without a first tool, the model must look first itself
     model = ScriptedChatModel(steps=[{"content": "Answer: an ant"}])
     Planner(model, toolbox).run("ant.jpg", "What is this?")
     assert model.tool_choices[0] == "any"
