@@ -50,7 +50,6 @@ def ask_cmd(
     time_budget: Annotated[float, typer.Option(help="seconds per question")] = 300.0,
 ) -> None:
     """Answer a question about an image; the trace shows every model and expert call."""
-    from rich.console import Console
     from rich.table import Table
 
     from agents.planner import PlannerLimits
@@ -83,7 +82,7 @@ def ask_cmd(
         else:
             detail = step.content or ""
         steps.add_row(str(i), step.kind, detail, f"{step.seconds:.2f}")
-    Console(stderr=True).print(steps)
+    console.print(steps)
     if trace:
         trace.parent.mkdir(parents=True, exist_ok=True)
         trace.write_text(result.trace.to_json())
