@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -62,15 +61,11 @@ def preload(names: list[str], settings: Settings) -> dict[str, str]:
             continue
         try:
             get_expert(name, settings)
-            log.info("expertbridge worker %s: expert %r loaded", _this_worker(), name)
+            log.info("expertbridge worker %s: expert %r loaded", os.getpid(), name)
         except Exception as err:  # noqa: BLE001 - reported, and again on each chunk that needs it
             failed[name] = str(err)
-            log.error("expertbridge worker %s: %s; its chunks will fail as expert_unavailable", _this_worker(), err)
+            log.error("expertbridge worker %s: %s; its chunks will fail as expert_unavailable", os.getpid(), err)
     return failed
-
-
-def _this_worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def execute_chunk(
