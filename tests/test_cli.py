@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -251,3 +252,22 @@ def test_the_package_declares_its_license_as_an_spdx_string():
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"  # a table here makes setuptools print a deprecation 3x
     assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+@pytest.mark.slow
+def test_batch_submit_prints_only_the_job_id_on_stdout(tmp_path, bus_jpg, yolo_weights):
+    """Scripts do `JOB=$(expertbridge batch submit …)`: no library chatter may reach stdout."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("EXPERTBRIDGE_", "YOLO_VERBOSE"))},
+        "EXPERTBRIDGE_OFFLINE": "1",
+        "EXPERTBRIDGE_DEVICE": "cpu",
+        "EXPERTBRIDGE_YOLO_WEIGHTS": str(yolo_weights),
+        "EXPERTBRIDGE_JOBS_DIR": str(tmp_path / "jobs"),
+        "EXPERTBRIDGE_STORE_DIR": str(tmp_path / "store"),
+    }
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "workflows.cli", "batch", "submit", str(bus_jpg), "--experts", "yolo"]
+    done = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert len(job_id.splitlines()) == 1 and (tmp_path / "jobs" / job_id).exists(), done.stdout

@@ -23,6 +23,7 @@ need inside their function.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -154,6 +155,11 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
     ours = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     for name in _OUR_LOGGERS:
         logging.getLogger(name).setLevel(ours)
+    if not verbose:
+        # Ultralytics logs INFO lines to *stdout* ("Loading … for LiteRT inference"), which would mix
+        # with what scripts read there (`JOB=$(expertbridge batch submit …)`). It reads YOLO_VERBOSE
+        # once, when imported — later, inside a command.
+        os.environ.setdefault("YOLO_VERBOSE", "False")
 
 
 class _StderrHandler(logging.StreamHandler):
