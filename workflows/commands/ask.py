@@ -50,6 +50,7 @@ def ask_cmd(
     time_budget: Annotated[float, typer.Option(help="seconds per question")] = 300.0,
 ) -> None:
     """Answer a question about an image; the trace shows every model and expert call."""
+    from rich.markup import escape
     from rich.table import Table
 
     from agents.planner import PlannerLimits
@@ -91,7 +92,7 @@ def ask_cmd(
         html.write_text(trace_to_html(result.trace, image))
     if result.rationale:
         console.print(f"[dim]{result.rationale}[/dim]")
-    console.print(f"{answer_label(result.trace)}:")
+    console.print(f"{escape(answer_label(result.trace))}:", soft_wrap=True)
     if result.trace.model_note:
         console.print(f"[yellow]note:[/yellow] {result.trace.model_note}")
     typer.echo(result.answer or "(no answer)")
