@@ -23,6 +23,11 @@ Built on LangChain's ``create_agent`` (a LangGraph tool loop). One middleware, t
 
 ``look_first`` (default) requires a tool call on the first turn (``tool_choice="any"``):
 the model cannot see the image, and small models otherwise answer without looking.
+``first_tool`` names the tool to look with first (e.g. ``describe_image`` when a trained
+bridge is given: otherwise small models always reach for the detector). A tool without
+arguments is called by the planner itself and its result opens the conversation (SmolLM2,
+forced to call it, wrote a JSON schema into the empty arguments); one with arguments is
+forced as the model's first call.
 
 With ``rules=True``, counting and presence questions about detector classes are answered
 without the LLM (see :mod:`agents.rules`), and the trace says so (``mode="rule"``).
@@ -44,9 +49,10 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from agents import rules
-from agents.chat.factory import reply_cap
+from agents.chat.factory import model_note, reply_cap
 from agents.tools import ExpertToolbox
 from agents.trace import Step, Trace
+from experts.errors import ExpertRunError
 from experts.images import ImageSource
 
 SYSTEM_PROMPT = """You answer questions about an image you cannot see directly. You have tools: \
@@ -107,10 +113,11 @@ class Planner:
         limits: PlannerLimits = PlannerLimits(),
         rules: bool = False,
         look_first: bool = True,
+        first_tool: str | None = None,
         system_prompt: str = SYSTEM_PROMPT,
     ) -> None:
         self.model, self.toolbox, self.limits, self.system_prompt = model, toolbox, limits, system_prompt
-        self.rules, self.look_first = rules, look_first
+        self.rules, self.look_first, self.first_tool = rules, look_first, first_tool
 
     @property
     def model_name(self) -> str:
@@ -120,19 +127,25 @@ class Planner:
 
     def run(self, image: ImageSource, question: str) -> ReasoningResult:
         start = time.perf_counter()
-        trace = Trace(question=question, image=_describe(image), model=self.model_name)
+        trace = Trace(
+            question=question, image=_describe(image), model=self.model_name, model_note=model_note(self.model)
+        )
         if self.rules:
             result = self._rule_answer(image, question, trace, start)
             if result is not None:
                 return result
         tools = self.toolbox.tools_for(image)
-        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, self.look_first)
+        first = next((t for t in tools if t.name == self.first_tool), None)
+        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, "any" if self.look_first else None)
+        messages: list = [HumanMessage(question)]
+        if first is not None and not first.args:
+            messages += self._first_look(first, trace, start)
+            guard.tool_calls, guard.look_first = 1, None
+        elif first is not None and self.look_first:
+            guard.look_first = first.name
         agent = create_agent(self.model, tools, system_prompt=self.system_prompt, middleware=[guard])
         steps = self.limits.max_model_calls + self.limits.max_tool_calls
-        state = agent.invoke(
-            {"messages": [HumanMessage(question)]},
-            config={"recursion_limit": 2 * steps + 8},
-        )
+        state = agent.invoke({"messages": messages}, config={"recursion_limit": 2 * steps + 8})
         final = next((m for m in reversed(state["messages"]) if isinstance(m, AIMessage)), None)
         text = _text(final) if final is not None else ""
         answer, rationale, cited = parse_answer(text)
@@ -140,6 +153,13 @@ class Planner:
         trace.answer, trace.rationale, trace.evidence_used = answer, rationale, used
         trace.seconds = time.perf_counter() - start
         return ReasoningResult(answer, rationale, used, trace)
+
+    def _first_look(self, tool, trace: Trace, start: float) -> list:
+        """Call ``tool`` (no arguments) before the model; the call and its result, as the model's history."""
+        t0 = time.perf_counter()
+        message = tool.invoke(_call(tool.name, {}))
+        trace.steps.append(_tool_step(message, tool.name, {}, t0 - start, time.perf_counter() - t0))
+        return [AIMessage("", tool_calls=[{"name": tool.name, "args": {}, "id": message.tool_call_id}]), message]
 
     def _rule_answer(self, image: ImageSource, question: str, trace: Trace, start: float) -> ReasoningResult | None:
         detector = self.toolbox.detector
@@ -167,8 +187,10 @@ class Planner:
             return ReasoningResult(trace.answer, None, [], trace)
         step = _tool_step(message, "detect_objects", {"labels": [matched.label]}, t0 - start, time.perf_counter() - t0)
         trace.steps.append(step)
-        if step.error:
-            return None  # let the LLM deal with (and explain) a failing detector
+        if step.error:  # the LLM would only be told the same failure: say it now, without model time
+            raise ExpertRunError(
+                f"the {matched.kind} rule could not run the detector: {step.error.removeprefix('error: ')}"
+            )
         count = sum(1 for d in step.evidence["items"] if d["label"] == matched.label)
         answer, rationale = rules.answer(matched, count)
         trace.steps.append(
@@ -182,8 +204,11 @@ class Planner:
 class _Guard(AgentMiddleware):
     """Limits, tool allow-list, error feedback and tracing around every model and tool call."""
 
-    def __init__(self, trace: Trace, limits: PlannerLimits, allowed: set[str], start: float, look_first: bool) -> None:
+    def __init__(
+        self, trace: Trace, limits: PlannerLimits, allowed: set[str], start: float, look_first: str | None
+    ) -> None:
         super().__init__()
+        # look_first: the tool_choice of the first model call ("any" or a tool name); None = the model decides
         self.trace, self.limits, self.allowed, self.start, self.look_first = trace, limits, allowed, start, look_first
         self.tokens = 0
         self.tool_calls = 0
@@ -220,7 +245,7 @@ class _Guard(AgentMiddleware):
             request = request.override(tools=[], messages=[*request.messages, HumanMessage(ANSWER_NOW)])
         elif model_calls == 0 and self.look_first and request.tools:
             # The model cannot see the image: its first move must be to look (small models otherwise guess).
-            request = request.override(tool_choice="any")
+            request = request.override(tool_choice=self.look_first)
         cap = reply_cap(request.model, self.limits.max_reply_tokens)
         if cap:
             request = request.override(model_settings={**request.model_settings, **cap})

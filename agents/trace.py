@@ -11,10 +11,13 @@ model saw (``output``), so a reader can check the model was told the truth.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 StepKind = Literal["model", "tool", "rule", "limit"]
+
+_WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")  # words and numbers (counts, scores) of a text
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Trace:
     image: str
     model: str
     mode: Literal["llm", "rule"] = "llm"
+    model_note: str | None = None  # e.g. "a small demo model": shown beside the answer
     steps: list[Step] = field(default_factory=list)
     answer: str | None = None
     rationale: str | None = None
@@ -73,6 +77,15 @@ class Trace:
         model = sum(s.seconds for s in self.model_steps)
         tools = sum(s.seconds for s in self.tool_steps)
         return {"model": model, "tools": tools, "framework": max(0.0, self.seconds - model - tools)}
+
+    def echoes_tools(self) -> bool:
+        """True when the model's answer is mostly words of the tool output: a repeat (small models do it),
+        not a conclusion of its own, so it must not be shown as a confident answer."""
+        if self.mode != "llm" or not self.answer:
+            return False
+        words = _WORD.findall(self.answer.lower())
+        tool_words = set(_WORD.findall(" ".join(s.output or "" for s in self.tool_steps).lower()))
+        return len(words) >= 4 and sum(w in tool_words for w in words) >= 0.7 * len(words)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

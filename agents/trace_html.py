@@ -18,6 +18,7 @@ from experts.images import ImageSource, load_image
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222;line-height:1.4}
 h1{font-size:1.3em} .answer{background:#eef7ee;border-left:4px solid #4a4;padding:.6em 1em;margin:1em 0}
+.answer.doubt{background:#fff8e6;border-left-color:#c90} .note{color:#850;font-size:.9em;margin-top:.4em}
 .step{border:1px solid #ddd;border-radius:6px;margin:.6em 0;padding:.5em .8em}
 .model{border-left:4px solid #57c} .tool{border-left:4px solid #c84} .rule{border-left:4px solid #4a4}
 .limit{border-left:4px solid #c44} .error{background:#fff3f3}
@@ -31,9 +32,11 @@ def trace_to_html(trace: Trace, image: ImageSource | None = None) -> str:
     split = trace.time_split()
     parts = [
         f"<h1>{escape(trace.question)}</h1>",
-        f'<div class="answer"><b>Answer:</b> {escape(trace.answer or "(none)")}'
+        f'<div class="{_answer_class(trace)}"><b>{escape(answer_label(trace))}:</b> {escape(trace.answer or "(none)")}'
         + (f"<br><b>Rationale:</b> {escape(trace.rationale)}" if trace.rationale else "")
-        + f"<br><b>Evidence used:</b> {escape(', '.join(trace.evidence_used) or '(none)')}</div>",
+        + f"<br><b>Evidence used:</b> {escape(', '.join(trace.evidence_used) or '(none)')}"
+        + (f'<div class="note">{escape(trace.model_note)}</div>' if trace.model_note else "")
+        + "</div>",
         '<table class="meta">'
         f"<tr><td>model</td><td>{escape(trace.model)} (mode: {escape(trace.mode)})</td></tr>"
         f"<tr><td>time</td><td>{trace.seconds:.2f}s = model {split['model']:.2f}s + tools {split['tools']:.2f}s"
@@ -51,6 +54,21 @@ def trace_to_html(trace: Trace, image: ImageSource | None = None) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>trace: {escape(trace.question)}</title>"
         f"<style>{_STYLE}</style></head><body>{body}</body></html>"
     )
+
+
+def answer_label(trace: Trace) -> str:
+    """Who answered, how, and how far to trust it: a rule's count, a model's answer, or a model's echo."""
+    if trace.mode == "rule":
+        return "Answer (rule, no LLM)"
+    if trace.echoes_tools():
+        return f"Reply of {trace.model} (repeats the tool output; not a checked answer)"
+    if trace.model_note or not trace.evidence_used:
+        return f"Unverified reply of {trace.model}"
+    return f"Answer of {trace.model}"
+
+
+def _answer_class(trace: Trace) -> str:
+    return "answer" if answer_label(trace).startswith("Answer") else "answer doubt"
 
 
 def _picture(trace: Trace, image: ImageSource | None) -> str | None:

@@ -106,7 +106,9 @@ class Expert(ABC):
     #: what ``predict`` returns per image, e.g. :class:`~experts.evidence.Detections`
     evidence_type: ClassVar[type] = object
     #: one line on what to download when offline and weights are missing
-    offline_hint: ClassVar[str] = "Pass weights=PATH to a local checkpoint."
+    offline_hint: ClassVar[str] = (
+        "Pass weights=PATH to a local checkpoint (command line: `expertbridge run NAME --weights PATH`)."
+    )
     #: The constructor arguments a saved model may record and a file may set, each with its kind
     #: (checked by :mod:`experts.stored`): ``"weights"``, ``"name"`` (an architecture name),
     #: ``"value"`` (a plain option), or an expert class (a nested spec of that expert). Everything

@@ -30,7 +30,10 @@ class Captioner(Expert):
 
     name = "captioner"
     evidence_type = Caption
-    offline_hint = "Save the model and processor with save_pretrained() to a directory and pass weights=DIR."
+    offline_hint = (
+        "Save the model and processor with save_pretrained() to a directory and name it: "
+        "EXPERTBRIDGE_CAPTIONER_WEIGHTS=DIR, or weights=DIR in Python."
+    )
     stored_fields = {
         **Expert.stored_fields,
         **dict.fromkeys(("prompt", "max_new_tokens", "num_beams", "do_sample"), "value"),

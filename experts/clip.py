@@ -49,7 +49,8 @@ class ClipExpert(FeatureExpert):
 
     name = "clip"
     offline_hint = (
-        "Download the open_clip checkpoint for this arch/tag (e.g. open_clip_pytorch_model.bin) and pass weights=PATH."
+        "Download the open_clip checkpoint for this arch/tag (e.g. open_clip_pytorch_model.bin) and name it: "
+        "EXPERTBRIDGE_CLIP_WEIGHTS=PATH (with EXPERTBRIDGE_CLIP_ARCH), or weights=PATH in Python."
     )
     stored_fields = {**FeatureExpert.stored_fields, "arch": "name", "templates": "value"}
 

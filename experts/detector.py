@@ -57,7 +57,11 @@ class YoloDetector(Expert):
 
     name = "yolo"
     evidence_type = Detections
-    offline_hint = "Put a YOLO export (e.g. yolov8n_int8.tflite or yolov8n.onnx) on disk and pass weights=PATH."
+    offline_hint = (
+        "Put a YOLO export on disk and name it: EXPERTBRIDGE_YOLO_WEIGHTS=PATH (every command), "
+        "`expertbridge run yolo --weights PATH`, or weights=PATH in Python. Offline, the INT8 TFLite export "
+        "../shared/weights/yolov8n_int8.tflite works (a .pt is a pickle: see --trust-pickle)."
+    )
     stored_fields = {**Expert.stored_fields, **dict.fromkeys(("conf", "iou", "classes", "imgsz", "max_det"), "value")}
 
     def __init__(

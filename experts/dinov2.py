@@ -40,8 +40,8 @@ class Dinov2Expert(FeatureExpert):
 
     name = "dinov2"
     offline_hint = (
-        "Clone facebookresearch/dinov2 and pass repo=DIR, and put the checkpoint "
-        "(e.g. dinov2_vits14_pretrain.pth) on disk and pass weights=PATH."
+        "Clone facebookresearch/dinov2 and put the checkpoint (e.g. dinov2_vits14_pretrain.pth) on disk, then "
+        "name them: EXPERTBRIDGE_DINOV2_REPO=DIR and EXPERTBRIDGE_DINOV2_WEIGHTS=PATH (repo=, weights= in Python)."
     )
     # ``repo`` and ``trust_repo`` name code to run (a hubconf.py): never from a file, only from settings.
     stored_fields = {**FeatureExpert.stored_fields, "arch": "name", "patches": "value", "image_size": "value"}

@@ -115,7 +115,8 @@ def load_image(
         if isinstance(text, str) and is_url(text):
             if not allow_urls:
                 raise ImageError(
-                    f"{portable_name(text)}: URLs are not fetched unless you opt in (allow_urls=True)",
+                    f"{portable_name(text)}: URLs are not fetched unless you opt in: "
+                    "EXPERTBRIDGE_ALLOW_URLS=1 (allow_urls=True in Python)",
                     reason="url_disabled",
                     source=portable_name(text),
                 )

@@ -8,11 +8,17 @@ True
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import typing
 from typing import Any, TypeVar
 
 from experts.errors import ConfigError
 
 _REGISTRY: dict[str, type] = {}
+#: Modules whose import registers the built-in experts (imported on the registry's first use, not
+#: when ``experts`` is imported: the command line's ``--help`` must not pay for torch).
+BUILTIN_EXPERT_MODULES = ("captioner", "clip", "dense_captioner", "detector", "dinov2", "timm_encoder")
 
 T = TypeVar("T", bound=type)
 
@@ -26,29 +32,62 @@ def register_expert(cls: T) -> T:
     return cls
 
 
+def _load_builtin_experts() -> None:
+    for module in BUILTIN_EXPERT_MODULES:
+        importlib.import_module(f"experts.{module}")
+
+
 def list_experts() -> list[str]:
     """Names accepted by :func:`create_expert`, sorted."""
+    _load_builtin_experts()
     return sorted(_REGISTRY)
 
 
 def get_expert_class(name: str) -> type:
+    _load_builtin_experts()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown expert {name!r}; registered experts: {', '.join(list_experts())}") from None
 
 
+def expert_options(name: str) -> dict[str, Any]:
+    """Keyword options of expert ``name`` → their type annotation (``Any`` when unannotated).
+
+    An expert's options are its constructor's keywords plus those it passes on (``**kwargs``)
+    to its base classes' constructors, e.g. ``yolo``: ``conf``, ``iou``, … and ``device``, ``batch_size``.
+    """
+    options: dict[str, Any] = {}
+    for klass in get_expert_class(name).__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # noqa: BLE001 - an annotation that cannot be resolved only loses its type
+            hints = {}
+        params = inspect.signature(init).parameters.values()
+        for p in params:
+            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                options.setdefault(p.name, hints.get(p.name, Any))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return options
+
+
 def create_expert(name: str, **kwargs: Any):
     """Build a registered expert by name, e.g. ``create_expert("yolo", weights="yolov8n.pt", device="cpu")``.
 
-    The expert remembers how it was made (``expert.spec``), so a saved model can rebuild it.
+    An unknown option is a :class:`ConfigError` that lists the expert's options. The expert
+    remembers how it was made (``expert.spec``), so a saved model can rebuild it.
     """
     cls = get_expert_class(name)
-    try:
-        expert = cls(**kwargs)
-    except TypeError as err:
-        if "unexpected keyword argument" not in str(err):
-            raise
-        raise ConfigError(f"expert {name!r}: {err}".replace("__init__() ", "")) from err
+    unknown = sorted(set(kwargs) - set(expert_options(name)))
+    if unknown:
+        raise ConfigError(
+            f"expert {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(sorted(expert_options(name)))}"
+        )
+    expert = cls(**kwargs)
     expert.spec = {"name": name, **kwargs}
     return expert

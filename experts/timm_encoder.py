@@ -32,7 +32,10 @@ class TimmEncoder(FeatureExpert):
     """Pooled pre-logit features of a timm model; ``classify`` uses its classifier head."""
 
     name = "timm"
-    offline_hint = "Save the model's state dict (.pth or .safetensors) locally and pass weights=PATH."
+    offline_hint = (
+        "Save the model's state dict (.pth or .safetensors) locally and name it: EXPERTBRIDGE_ENCODER_WEIGHTS=PATH "
+        "(with EXPERTBRIDGE_ENCODER_MODEL), `expertbridge run timm --weights PATH`, or weights=PATH in Python."
+    )
     stored_fields = {**FeatureExpert.stored_fields, "model": "name", "match": "value"}
 
     def __init__(

@@ -11,6 +11,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -549,14 +550,32 @@ def test_classify_task_with_a_saved_few_shot_classifier(embedded, hymenoptera, e
     clf = FewShotClassifier([efficientnet], method="cache", store=DirectoryStore(tmp_path / "fs"), augment_views=1)
     clf.fit(support)
     clf.save(tmp_path / "model")
-    queries = list(test.paths[:6]) + [bad_files["text"]]
+    queries = list(test.paths[:6]) + [bad_files["text"], bad_files["truncated"]]
     job = embedded.submit(queries, task="classify", params={"model": str(tmp_path / "model")})
     rows = embedded.results(job)
     direct = clf.predict(queries[:6])
     assert [r["label"] for r in rows[:6]] == [p.label for p in direct]
     assert not rows[6]["ok"] and rows[6]["error"]
-    assert rows[6]["reason"] == "not_an_image"  # the reason intake gave, carried into the row
+    # the same reasons as the extract task gives for the same files
+    assert [r["reason"] for r in rows[6:]] == ["not_an_image", "truncated"]
     assert embedded.status(job).lanes == ["classify"]
+
+
+def test_an_expert_that_cannot_load_in_process_fails_its_rows_naming_the_expert(tmp_path, images):
+    settings = _settings(
+        jobs_dir=tmp_path / "jobs", store_dir=tmp_path / "store", encoder_weights=str(tmp_path / "no.pth")
+    )
+    saved = batch_runner._EXPERTS.pop("timm", None)
+    try:
+        jobs = Jobs(settings)
+        job = jobs.submit(images[:2], experts=["timm"])
+    finally:
+        if saved is not None:
+            batch_runner._EXPERTS["timm"] = saved
+    rows = jobs.results(job)
+    assert [(r["reason"], r["expert"]) for r in rows] == [("expert_unavailable", "timm")] * 2
+    assert rows[0]["error"].startswith("in-process: cannot load expert 'timm'") and "no.pth" in rows[0]["error"]
+    assert "worker" not in rows[0]["error"]  # no made-up worker name for an in-process job
 
 
 def test_results_export_jsonl_and_parquet(embedded, images, tmp_path):
@@ -567,7 +586,7 @@ def test_results_export_jsonl_and_parquet(embedded, images, tmp_path):
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        with pytest.raises(ConfigError, match="pip install pyarrow"):
+        with pytest.raises(ConfigError, match=re.escape('pip install "expertbridge[parquet]"')):
             embedded.export(job, tmp_path / "r.parquet")
     else:
         assert embedded.export(job, tmp_path / "r.parquet") == 3
@@ -581,7 +600,8 @@ def test_cli_submit_status_results_cancel_embedded(tmp_path, images, primed, mon
     monkeypatch.setenv("EXPERTBRIDGE_DEVICE", "cpu")
     runner = CliRunner()
     res = runner.invoke(batch_cli.app, ["submit", *images[:5], str(tmp_path / "missing.jpg"), "--chunk-size", "3"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # some items failed
+    assert "1 item(s) failed" in res.output
     job = res.stdout.strip().splitlines()[-1]
     res = runner.invoke(batch_cli.app, ["status", job, "--json"])
     st = json.loads(res.stdout)
@@ -601,25 +621,53 @@ def test_cli_submit_status_results_cancel_embedded(tmp_path, images, primed, mon
 
 
 def test_worker_command_queues_and_refuses_to_start_without_weights(monkeypatch, tmp_path):
+    from workflows.cli import app
+
     started = []
     monkeypatch.setattr("workflows.celery_app.app.worker_main", lambda argv: started.append(argv))
+    monkeypatch.setenv("EXPERTBRIDGE_BROKER_URL", TEST_REDIS)
     monkeypatch.setenv("EXPERTBRIDGE_EXPERT_QUEUES", '{"yolo": "gpu"}')
     monkeypatch.setenv("EXPERTBRIDGE_DEVICE", "cpu")
     monkeypatch.setenv("EXPERTBRIDGE_YOLO_WEIGHTS", str(tmp_path / "missing.pt"))
     monkeypatch.setenv("EXPERTBRIDGE_OFFLINE", "1")
     worker = CliRunner()
-    import typer
-
-    cmd = typer.Typer()
-    cmd.command()(batch_cli.worker_cmd)
-    res = worker.invoke(cmd, ["--experts", "timm", "-c", "2", "--threads", "1"])
+    res = worker.invoke(app, ["worker", "--experts", "timm", "-c", "2", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert started[-1][:7] == ["worker", "-Q", "expertbridge.timm", "-c", "2", "--pool", "prefork"]
-    res = worker.invoke(cmd, ["--experts", "timm,yolo"])
+    # a node name unique per process: three workers on one host never clash (DuplicateNodenameWarning)
+    assert started[-1][-2:] == ["-n", f"expertbridge-timm-{os.getpid()}@%h"]
+    res = worker.invoke(app, ["worker", "--experts", "timm,yolo"])
     assert res.exit_code == 2 and "missing.pt" in res.output  # never started: tasks stay queued for a real worker
     assert len(started) == 1
-    res = worker.invoke(cmd, ["--experts", "yolo", "--no-check"])
-    assert started[-1][2] == "gpu"
+    res = worker.invoke(app, ["worker", "--experts", "yolo", "--no-check", "--name", "gpu1@%h"])
+    assert started[-1][2] == "gpu" and started[-1][-2:] == ["-n", "gpu1@%h"]
+
+
+def test_a_worker_needs_a_broker_url_and_a_yolo_worker_needs_its_weights(monkeypatch):
+    from workflows.cli import app
+
+    started = []
+    monkeypatch.setattr("workflows.celery_app.app.worker_main", lambda argv: started.append(argv))
+    monkeypatch.setenv("EXPERTBRIDGE_DEVICE", "cpu")
+    monkeypatch.delenv("EXPERTBRIDGE_BROKER_URL", raising=False)
+    res = CliRunner().invoke(app, ["worker", "--experts", "timm"])
+    assert res.exit_code == 2 and "set EXPERTBRIDGE_BROKER_URL" in res.output and not started
+
+    # online with the default tag yolov8n.pt: the file is fetched before starting; if that fails, no start
+    monkeypatch.setenv("EXPERTBRIDGE_BROKER_URL", TEST_REDIS)
+    monkeypatch.setenv("EXPERTBRIDGE_OFFLINE", "0")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("EXPERTBRIDGE_YOLO_WEIGHTS", "yolov8n.pt")
+
+    def no_network(tag, *args, **kwargs):
+        raise ConnectionError(f"Download failure for {tag}. Environment may be offline.")
+
+    monkeypatch.setattr("ultralytics.utils.downloads.attempt_download_asset", no_network)
+    res = CliRunner().invoke(app, ["worker", "--experts", "yolo"])
+    assert res.exit_code == 2 and not started, res.output
+    assert "yolov8n.pt" in res.output and "could not be fetched" in res.output
+    assert "EXPERTBRIDGE_YOLO_WEIGHTS" in res.output and "Traceback" not in res.output
 
 
 def test_celery_app_configuration():

@@ -1,9 +1,12 @@
-"""The `expertbridge` command line: per-item results, JSONL output, drawn boxes, clear errors."""
+"""The `expertbridge` command line: per-item results, JSONL output, drawn boxes, clear errors, exit codes."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,7 +51,7 @@ def test_run_writes_jsonl_and_drawings_and_reports_bad_items(tmp_path, bus_jpg, 
         ],
         env={"EXPERTBRIDGE_OFFLINE": "1"},
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # some items failed
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["broken.jpg", "bus.jpg", "missing.png"]
     assert rows[0]["reason"] == "truncated" or rows[0]["reason"] == "not_an_image"
@@ -111,7 +114,163 @@ def test_fewshot_eval_fit_predict_end_to_end(tmp_path, hymenoptera, monkeypatch)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 nope")
     preds_file = tmp_path / "preds.jsonl"
     res = runner.invoke(app, ["fewshot", "predict", str(model), str(photos), "--out", str(preds_file)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # the broken image failed
+    assert "1 ok, 1 failed" in res.output
     preds = {Path(p["source"]).name: p for p in map(json.loads, preds_file.read_text().splitlines())}
     assert preds["ant.jpg"]["label"] == "ants"
     assert preds["broken.jpg"]["label"] is None and "broken.jpg" in preds["broken.jpg"]["error"]
+
+
+# --------------------------------------------------------------------------- the CLI root
+
+
+HEAVY = ("torch", "torchvision", "transformers", "ultralytics", "langchain", "langchain_core", "timm", "open_clip")
+
+
+def test_the_cli_and_its_help_import_no_heavy_library():
+    """`expertbridge --help` must stay fast: no torch & co. at import time or while rendering help."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from workflows.cli import app\n"
+        "for args in (['--help'], ['run', '--help'], ['fewshot', 'eval', '--help'], ['batch', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_directory_without_images_is_an_error_not_an_empty_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    result = runner.invoke(app, ["run", "timm", str(tmp_path / "empty")])
+    assert result.exit_code == 2
+    assert f"no images found in {tmp_path / 'empty'}" in result.output and "0 ok" not in result.output
+
+
+def test_set_options_are_checked_against_the_expert(bus_jpg, yolo_weights):
+    result = runner.invoke(app, ["run", "yolo", str(bus_jpg), "--weights", str(yolo_weights), "--set", "conf=abc"])
+    assert result.exit_code == 2
+    assert "--set conf=abc" in result.output and "valid number" in result.output
+    assert "Traceback" not in result.output and "TypeError" not in result.output
+    result = runner.invoke(app, ["run", "yolo", str(bus_jpg), "--weights", str(yolo_weights), "--set", "nosuch=1"])
+    assert result.exit_code == 2
+    assert "yolo has no option 'nosuch'" in result.output and "conf, device" in result.output
+
+
+def test_unknown_expert_options_are_a_config_error_in_python_too():
+    from experts import ConfigError, create_expert
+
+    with pytest.raises(ConfigError, match=r"expert 'timm' has no option 'nosuch'; its options: .*batch_size"):
+        create_expert("timm", weights=None, nosuch=1)
+
+
+def test_fewshot_eval_names_a_missing_dataset(tmp_path):
+    result = runner.invoke(app, ["fewshot", "eval", str(tmp_path / "nonexistent")])
+    assert result.exit_code == 2
+    assert f"dataset {tmp_path / 'nonexistent'} does not exist" in result.output
+
+
+def test_fewshot_help_lists_the_real_methods_and_demo_views():
+    from workflows.commands.fewshot import METHOD_NAMES, SWEEP_VIEWS
+    from workflows.fewshot import METHODS
+    from workflows.fewshot_eval import SWEEP_VIEWS as sweep_views
+
+    assert METHOD_NAMES == METHODS
+    assert SWEEP_VIEWS == sweep_views
+
+
+def test_an_invalid_setting_is_one_line_naming_the_variable(bus_jpg):
+    result = runner.invoke(app, ["run", "yolo", str(bus_jpg)], env={"EXPERTBRIDGE_BATCH_SIZE": "0"})
+    assert result.exit_code == 2
+    assert "invalid setting: EXPERTBRIDGE_BATCH_SIZE='0'" in result.output and "Traceback" not in result.output
+
+
+def test_offline_yolo_tag_names_the_setting_and_the_flag(bus_jpg):
+    result = runner.invoke(
+        app, ["run", "yolo", str(bus_jpg), "--weights", "yolov8n.pt"], env={"EXPERTBRIDGE_OFFLINE": "1"}
+    )
+    assert result.exit_code == 2
+    assert "EXPERTBRIDGE_YOLO_WEIGHTS=PATH" in result.output and "--weights PATH" in result.output
+    assert "pass weights=PATH" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (ConnectionError("Failed to connect to Ollama."), "start Ollama"),
+        (TimeoutError("timed out"), "check that it is running"),
+    ],
+)
+def test_connection_failures_are_one_line_with_what_to_try(error, expected):
+    from workflows.commands.root import describe_failure
+
+    line = describe_failure(error)
+    assert line is not None and expected in line and type(error).__name__ in line
+    assert describe_failure(KeyError("a bug")) is None  # bugs keep their traceback
+
+
+def test_library_connection_errors_are_recognised_through_their_cause():
+    import httpx
+    import openai
+
+    from workflows.commands.root import describe_failure
+
+    wrapped = RuntimeError("graph step failed")
+    wrapped.__cause__ = httpx.ConnectError("[Errno 111] Connection refused")
+    assert "ConnectError: [Errno 111] Connection refused" in describe_failure(wrapped)
+    line = describe_failure(openai.OpenAIError("Missing credentials. Please pass an `api_key`"))
+    assert "OPENAI_API_KEY" in line
+
+
+def test_logging_is_plain_lines_when_not_a_terminal(capsys):
+    import logging
+
+    from workflows.commands.root import configure_logging
+
+    configure_logging(quiet=True)
+    assert logging.getLogger("workflows").level == logging.WARNING
+    configure_logging(verbose=True)
+    assert logging.getLogger("experts").level == logging.DEBUG
+    handlers = [h for h in logging.getLogger().handlers if h.get_name() == "expertbridge-cli"]
+    assert len(handlers) == 1 and handlers[0].formatter._fmt == "%(levelname)s %(name)s: %(message)s"  # not a TTY
+    configure_logging()
+    assert logging.getLogger("workflows").level == logging.INFO
+
+
+def test_missing_weights_messages_name_the_setting_not_a_python_argument():
+    from experts import WeightsNotFoundError, create_expert
+
+    with pytest.raises(WeightsNotFoundError, match="EXPERTBRIDGE_CLIP_WEIGHTS=PATH"):
+        create_expert("clip", weights="openai", offline=True)  # what `fewshot fit --clip` builds
+    with pytest.raises(WeightsNotFoundError, match="EXPERTBRIDGE_DINOV2_WEIGHTS=PATH"):
+        create_expert("dinov2", weights="pretrained", repo="/nonexistent/dinov2", offline=True).load()
+
+
+def test_the_package_declares_its_license_as_an_spdx_string():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"  # a table here makes setuptools print a deprecation 3x
+    assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+@pytest.mark.slow
+def test_batch_submit_prints_only_the_job_id_on_stdout(tmp_path, bus_jpg, yolo_weights):
+    """Scripts do `JOB=$(expertbridge batch submit …)`: no library chatter may reach stdout."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("EXPERTBRIDGE_", "YOLO_VERBOSE"))},
+        "EXPERTBRIDGE_OFFLINE": "1",
+        "EXPERTBRIDGE_DEVICE": "cpu",
+        "EXPERTBRIDGE_YOLO_WEIGHTS": str(yolo_weights),
+        "EXPERTBRIDGE_JOBS_DIR": str(tmp_path / "jobs"),
+        "EXPERTBRIDGE_STORE_DIR": str(tmp_path / "store"),
+    }
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "workflows.cli", "batch", "submit", str(bus_jpg), "--experts", "yolo"]
+    done = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert len(job_id.splitlines()) == 1 and (tmp_path / "jobs" / job_id).exists(), done.stdout

@@ -158,7 +158,7 @@ def test_html_trace_shows_the_image_the_steps_and_escapes_text(yolo, bus_jpg, pe
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
     assert page.count('src="data:image/png;base64,') == 1
     assert "tool detect_objects" in page and f"person ×{people}" in page
-    assert f"<b>Answer:</b> {people}" in page
+    assert f"<b>Answer of expertbridge-scripted:scripted:</b> {people}" in page  # who answered, not just "Answer"
 
 
 def test_rule_path_answers_counting_without_the_model_and_says_so(yolo, bus_jpg, people):

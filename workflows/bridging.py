@@ -68,7 +68,8 @@ def load_local_lm(spec: str = DEFAULT_LOCAL_MODEL) -> tuple[Any, Any, str]:
     """(causal LM, tokenizer, name) through the same loader the planner's local chat model uses."""
     if not spec.startswith("local"):
         raise ConfigError(f"bridges need a local transformers LM (local:...), got {spec!r}")
-    chat = LocalChatModel(model=spec.partition(":")[2] or DEFAULT_LOCAL_MODEL.partition(":")[2])
+    spec = spec if spec.partition(":")[2] else DEFAULT_LOCAL_MODEL  # a saved bridge names its LM in full
+    chat = LocalChatModel(model=spec.partition(":")[2])
     return chat.hf_model, chat.tokenizer, spec
 
 

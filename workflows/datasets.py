@@ -99,6 +99,8 @@ def coop_split(split_file: str | Path, image_root: str | Path) -> dict[str, Labe
 def load_splits(path: str | Path, image_root: str | Path | None = None) -> dict[str, LabelledImages]:
     """A split JSON (with ``image_root``), or a directory with ``train/`` (and ``val/``, ``test/``) ImageFolders."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"dataset {path} does not exist")
     if path.is_file():
         return coop_split(path, image_root or path.parent)
     splits = {}

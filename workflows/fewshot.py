@@ -58,7 +58,7 @@ class FewShotPrediction:
     contributions: dict[str, float] = field(default_factory=dict)  # each part's logit for the predicted class
     branch_weights: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-    reason: str | None = None  # the image error's reason (missing, truncated, not_an_image, ...) when label is None
+    reason: str | None = None  # why the image could not be used: the ImageError reason (truncated, missing, …)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +71,7 @@ class Features:
     by_branch: dict[str, torch.Tensor]
     ok: np.ndarray  # bool per input
     errors: dict[int, str]
-    reasons: dict[int, str] = field(default_factory=dict)  # index → the failed item's reason, as intake gave it
+    reasons: dict[int, str] = field(default_factory=dict)  # input index → ImageError reason of a dropped item
 
 
 def augmentation(view: int, seed: int = 0) -> Callable[[Image.Image, str], Image.Image]:
@@ -179,7 +179,7 @@ class FewShotClassifier:
                 if not r.ok:
                     ok[r.index] = False
                     errors.setdefault(r.index, f"{name}: {r.error}")
-                    reasons.setdefault(r.index, r.reason)
+                    reasons.setdefault(r.index, r.reason or "expert_failed")
         by_branch = {
             name: torch.from_numpy(np.stack([r.evidence.vector for r, good in zip(rs, ok) if good]))
             if ok.any()

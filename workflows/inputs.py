@@ -9,7 +9,8 @@ Directories expand, recursively and in sorted order, to every entry with an
 image suffix that is not itself a directory, so a FIFO or a dangling symlink
 named ``x.jpg`` becomes an item that fails alone with a clear reason (intake
 judges it by ``stat`` alone and never opens it). Symlinked directories are not
-followed (no loops). URLs pass through.
+followed (no loops). URLs pass through. A directory holding no image at all is a
+:class:`~experts.errors.ConfigError` ("no images found in DIR").
 
 A name that is not valid UTF-8 (bytes Python can only carry as lone surrogates,
 which crash printing, JSON and Redis) becomes a ``file://`` URI with its bytes
@@ -24,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experts.errors import ConfigError
 from experts.sources import is_url, portable_name
 
 log = logging.getLogger(__name__)
@@ -83,5 +85,11 @@ def _scan_dir(root: str, recursive: bool, scan: InputScan) -> None:
         found.extend(os.path.join(dirpath, f) for f in filenames if Path(f).suffix.lower() in IMAGE_SUFFIXES)
         if not recursive:
             break
+    if not found:  # naming it was a mistake; an empty run reporting "0 ok, 0 failed" would hide it
+        unlisted = " (and it could not be listed)" if scan.unreadable_dirs[-1:] == [portable_name(root)] else ""
+        raise ConfigError(
+            f"no images found in {portable_name(root)}{unlisted} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
+            f"{', in subdirectories too' if recursive else ''})"
+        )
     # Path order (component by component), as pathlib sorts.
     scan.sources.extend(portable_name(p) for p in sorted(found, key=lambda p: Path(p).parts))

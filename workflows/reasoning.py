@@ -27,7 +27,7 @@ from agents.planner import Planner, PlannerLimits, ReasoningResult
 from agents.tools import ExpertToolbox
 from cache.store import DirectoryStore, FeatureStore
 from experts import ConfigError, Expert, ItemResult, create_expert
-from experts.images import ImageSource
+from experts.images import ImageSource, load_image
 from workflows.settings import Settings
 from workflows.store_runner import run_through_store
 
@@ -66,7 +66,9 @@ class Reasoner:
             slots.update(describer=job.model, describer_expert=job.expert, describe_prompt=job.prompt)
         self.toolbox = ExpertToolbox(**slots, classifier=classifier, runner=self._run)
         self.model = create_chat_model(model, **dict(model_kwargs or {}))
-        self.planner = Planner(self.model, self.toolbox, limits=limits, rules=rules)
+        # A trained bridge is why the user is here: the first look at the image goes through it.
+        first_tool = "describe_image" if bridge is not None else None
+        self.planner = Planner(self.model, self.toolbox, limits=limits, rules=rules, first_tool=first_tool)
 
     def _expert(self, name: str) -> Expert:
         return create_expert(name, **self.settings.expert_kwargs(name))
@@ -76,10 +78,23 @@ class Reasoner:
         return results, asdict(run)
 
     def ask(self, image: ImageSource, question: str) -> ReasoningResult:
-        """Answer one question about one image, with the trace of every model and tool call."""
-        if isinstance(image, (str, Path)) and not Path(image).exists() and "://" not in str(image):
-            raise ConfigError(f"image {image} does not exist")
+        """Answer one question about one image, with the trace of every model and tool call.
+
+        An image that cannot be read fails here (:class:`ConfigError` when missing, else
+        :class:`~experts.errors.ImageError`), before any model time: tools that cannot see it
+        would only have the model guess.
+        """
+        self.check_image(image)
         return self.planner.run(image, question)
+
+    def check_image(self, image: ImageSource) -> None:
+        """Raise if ``image`` cannot be read with these settings (a URL is fetched later, by the tools, once)."""
+        is_url = isinstance(image, str) and "://" in image
+        if isinstance(image, (str, Path)) and not is_url and not Path(image).exists():
+            raise ConfigError(f"image {image} does not exist")
+        if is_url and self.settings.allow_urls:
+            return
+        load_image(image, max_pixels=self.settings.max_pixels, allow_urls=self.settings.allow_urls)
 
 
 def reason(image: ImageSource, question: str, **kwargs: Any) -> ReasoningResult:

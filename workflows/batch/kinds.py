@@ -157,7 +157,7 @@ def _run_classify(ctx: ChunkContext) -> list[dict]:
     rows = []
     for (index, source), p in zip(ctx.items, preds):
         if p.label is None:
-            rows.append(failed_row(index, source, p.error or "unreadable", p.reason or "unreadable"))
+            rows.append(failed_row(index, source, p.error or "unreadable", p.reason or "expert_failed"))
         else:
             rows.append(
                 {"index": index, "source": source, "ok": True, "label": p.label, "probabilities": p.probabilities}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -40,7 +39,11 @@ _EXPERTS_LOCK = threading.Lock()
 
 
 class ExpertUnavailable(ConfigError):
-    """This worker cannot build an expert (weights missing, bad settings)."""
+    """This process cannot build an expert (weights missing, bad settings); ``expert`` names it."""
+
+    def __init__(self, message: str, *, expert: str) -> None:
+        super().__init__(message)
+        self.expert = expert
 
 
 def get_expert(name: str, settings: Settings) -> Expert:
@@ -53,9 +56,7 @@ def get_expert(name: str, settings: Settings) -> Expert:
             try:
                 _EXPERTS[name] = create_expert(name, **settings.expert_kwargs(name)).load()
             except (WeightsNotFoundError, ConfigError) as err:
-                raise ExpertUnavailable(
-                    f"worker {socket.gethostname()}:{os.getpid()} cannot load expert {name!r}: {err}"
-                ) from err
+                raise ExpertUnavailable(f"cannot load expert {name!r}: {err}", expert=name) from err
         return _EXPERTS[name]
 
 
@@ -82,11 +83,14 @@ def execute_chunk(
     settings: Settings,
     worker: str = "",
 ) -> dict[str, Any]:
-    """Run one chunk and record its rows; returns the task's summary (store keys and per-item errors)."""
+    """Run one chunk and record its rows; returns the task's summary (store keys and per-item errors).
+
+    ``worker`` names the Celery worker (``host:pid``); empty means the in-process (embedded) runner.
+    """
     job, chunk, lane = message["job"], int(message["chunk"]), message["lane"]
     items = [(int(i), str(src)) for i, src in message["items"]]
     fields = [item_field(lane, i) for i, _ in items]
-    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    worker = worker or "in-process"
     start = records.begin_chunk(job, chunk, fields, worker)
     summary: dict[str, Any] = {"job": job, "chunk": chunk, "lane": lane, "attempt": start.attempt}
     if start.meta is None:
@@ -117,8 +121,10 @@ def execute_chunk(
         except redis_errors():
             raise  # Redis is away: let the task be redelivered, never record a false failure
         except ConfigError as err:  # includes ExpertUnavailable
-            job_error = str(err)
-            rows = [failed_row(i, s, job_error, "expert_unavailable") for i, s in items]
+            where = "in-process" if worker == "in-process" else f"worker {worker}"
+            job_error = f"{where}: {err}"
+            expert = getattr(err, "expert", lane)
+            rows = [{**failed_row(i, s, job_error, "expert_unavailable"), "expert": expert} for i, s in items]
         except Exception as err:  # noqa: BLE001 - the chunk's items fail with the cause; the job goes on
             if type(err).__name__ == "SoftTimeLimitExceeded":
                 msg, reason = (

@@ -1,4 +1,8 @@
-"""``expertbridge ask IMAGE "question"``: chain-of-thought reasoning with experts as tools."""
+"""``expertbridge ask IMAGE "question"``: chain-of-thought reasoning with experts as tools.
+
+Exit codes: 0 an answer that rests on tool evidence; 1 no answer, or no tool call succeeded
+(the reply rests on nothing); 2 the image cannot be read, the model cannot be reached, bad options.
+"""
 
 from __future__ import annotations
 
@@ -6,52 +10,69 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from agents.chat import DEFAULT_LOCAL_MODEL
-from agents.planner import PlannerLimits
-from agents.trace_html import trace_to_html
-from experts import ExpertBridgeError
-from workflows.reasoning import Reasoner
+from workflows.commands.root import console, server_failure, settings_of
 from workflows.rendering import markup, plain
-from workflows.settings import Settings
 
-console = Console(stderr=True)
+
+def _server_hint(model: str) -> str | None:
+    prefix = model.partition(":")[0].lower()
+    if prefix == "ollama":
+        name = model.partition(":")[2] or "MODEL"
+        return f"start Ollama (`ollama serve`, then `ollama pull {name}`) or choose another --model"
+    if prefix == "openai-compatible":
+        return "start the server at that base URL (or fix the URL/model name), or choose another --model"
+    return None
 
 
 def ask_cmd(
-    image: Annotated[Path, typer.Argument(help="the image to ask about")],
+    ctx: typer.Context,
+    image: Annotated[
+        str, typer.Argument(help="the image to ask about: a file, or an http(s) URL (EXPERTBRIDGE_ALLOW_URLS=1)")
+    ],
     question: Annotated[str, typer.Argument(help="the question")],
     model: Annotated[
         str,
-        typer.Option(help="chat model: local[:path|hub id], ollama:NAME, openai-compatible:URL|NAME, provider:NAME"),
-    ] = DEFAULT_LOCAL_MODEL,
+        typer.Option(
+            help="chat model: local (SmolLM2-135M, a small demo model), local:PATH|HUB_ID, ollama:NAME, "
+            "openai-compatible:URL|NAME, provider:NAME (e.g. openai:gpt-4o-mini)"
+        ),
+    ] = "local",
     experts: Annotated[
         str, typer.Option(help="comma-separated tools: yolo, captioner, dense_captioner, clip")
     ] = "yolo",
     trace: Annotated[Path | None, typer.Option(help="write the trace as JSON here")] = None,
     html: Annotated[Path | None, typer.Option(help="write the trace as an HTML page (image with boxes) here")] = None,
-    bridge: Annotated[Path | None, typer.Option(help="a trained bridge (`bridge train`): adds describe_image")] = None,
+    bridge: Annotated[
+        Path | None, typer.Option(help="a trained bridge (`bridge train`): adds describe_image, called first")
+    ] = None,
     rules: Annotated[bool, typer.Option(help="answer counting/presence questions without the LLM")] = False,
     max_tool_calls: Annotated[int, typer.Option(help="tool calls per question")] = 6,
     time_budget: Annotated[float, typer.Option(help="seconds per question")] = 300.0,
 ) -> None:
     """Answer a question about an image; the trace shows every model and expert call."""
-    settings = Settings()
+    from rich.table import Table
+
+    from agents.planner import PlannerLimits
+    from agents.trace_html import answer_label, trace_to_html
+    from experts import ConfigError
+    from workflows.reasoning import Reasoner
+
     try:
         reasoner = Reasoner(
             model=model,
             experts=[e.strip() for e in experts.split(",") if e.strip()],
-            settings=settings,
+            settings=settings_of(ctx),
             limits=PlannerLimits(max_tool_calls=max_tool_calls, time_budget_s=time_budget),
             rules=rules,
             bridge=bridge,
         )
         result = reasoner.ask(image, question)
-    except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {markup(err)}")
-        raise typer.Exit(2) from err
+    except Exception as err:  # a model server that is down or refuses us: say which, and what to try
+        line = server_failure(err, what=f"the chat model {model}", hint=_server_hint(model))
+        if line is None:
+            raise
+        raise ConfigError(line) from err
     steps = Table("#", "step", "detail", "s")
     for i, step in enumerate(result.trace.steps, 1):
         if step.kind == "tool":
@@ -61,7 +82,7 @@ def ask_cmd(
             detail = f"calls {calls}" if calls else (step.content or "")[:120]
         else:
             detail = step.content or ""
-        steps.add_row(str(i), step.kind, markup(detail), f"{step.seconds:.2f}")
+        steps.add_row(str(i), markup(step.kind), markup(detail), f"{step.seconds:.2f}")
     console.print(steps)
     if trace:
         trace.parent.mkdir(parents=True, exist_ok=True)
@@ -71,4 +92,11 @@ def ask_cmd(
         html.write_text(trace_to_html(result.trace, image))
     if result.rationale:
         console.print(f"[dim]{markup(result.rationale)}[/dim]")
+    console.print(f"{markup(answer_label(result.trace))}:", soft_wrap=True)
+    if result.trace.model_note:
+        console.print(f"[yellow]note:[/yellow] {markup(result.trace.model_note)}")
     typer.echo(plain(result.answer or "(no answer)"))
+    if result.answer is None or not result.evidence_used:
+        why = result.trace.stopped_by or "no tool call succeeded, so the reply rests on no evidence"
+        console.print(f"[yellow]not answered from evidence:[/yellow] {markup(why)}")
+        raise typer.Exit(1)

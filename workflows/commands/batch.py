@@ -1,8 +1,9 @@
 """``expertbridge batch submit|status|results|cancel|list`` and ``expertbridge worker``.
 
-With ``EXPERTBRIDGE_BROKER_URL`` set, ``submit`` queues the chunks on Celery and returns;
-without it, the job runs here, in-process, with a progress bar. The job id goes to
-stdout (for scripts), everything else to stderr.
+One rule for the broker: with ``EXPERTBRIDGE_BROKER_URL`` set, ``submit`` queues the chunks on
+Celery and returns, and ``worker`` serves them; without it, ``submit`` runs the job here,
+in-process, with a progress bar, and ``worker`` refuses to start (it would have nothing to serve).
+The job id goes to stdout (for scripts), everything else to stderr.
 """
 
 from __future__ import annotations
@@ -12,21 +13,22 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from experts import ConfigError, ExpertBridgeError, create_expert, get_expert_class
-from workflows.batch.jobs import Jobs, JobStatus, new_job_id, queue_for
-from workflows.batch.records import check_job_id
+from experts import ConfigError, ExpertBridgeError  # experts.errors only: cheap
+from workflows.commands.root import command_group, console, settings_of
 from workflows.rendering import markup
 from workflows.settings import Settings
 
-app = typer.Typer(help="Batch jobs: many images in chunks, on Celery workers or in-process.", no_args_is_help=True)
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from workflows.batch.jobs import Jobs, JobStatus
+
+app = command_group(help="Batch jobs: many images in chunks, on Celery workers or in-process.")
 
 
 def _fail(err: Exception) -> typer.Exit:
@@ -88,6 +90,7 @@ def _print_status(st: JobStatus) -> None:
 
 @app.command("submit")
 def submit_cmd(
+    ctx: typer.Context,
     inputs: Annotated[list[str] | None, typer.Argument(help="image files or directories")] = None,
     manifest: Annotated[Path | None, typer.Option(help="file listing inputs: .txt lines, .jsonl/.csv 'path'")] = None,
     experts: Annotated[str | None, typer.Option(help="comma-separated experts (extract: one lane each; timm)")] = None,
@@ -98,8 +101,11 @@ def submit_cmd(
     job_id: Annotated[str | None, typer.Option(help="name the job; an existing id resumes it")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="queued mode: follow until done")] = False,
 ) -> None:
-    """Submit images as a batch job; prints the job id."""
-    settings = Settings()
+    """Submit images as a batch job; prints the job id (in-process: exit 1 if any item failed)."""
+    from workflows.batch.jobs import Jobs, new_job_id
+    from workflows.batch.records import check_job_id
+
+    settings = settings_of(ctx)
     jobs = Jobs(settings)
     params = {}
     if model is not None:
@@ -107,39 +113,37 @@ def submit_cmd(
     if question is not None:
         params["question"] = question
     names = [n.strip() for n in (experts or "").split(",") if n.strip()]
-    try:
-        job_id = new_job_id() if job_id is None else check_job_id(job_id)
-        if jobs.embedded:
-            console.print(
-                f"job {job_id}, in-process (no EXPERTBRIDGE_BROKER_URL); if interrupted, resubmit with "
-                f"--job-id {job_id} to resume"
-            )
-            with _bar() as bar:
-                handle = bar.add_task("in-process", total=None, failed=0)
-                job = jobs.submit(
-                    inputs,
-                    manifest=manifest,
-                    experts=names,
-                    task=task,
-                    params=params,
-                    chunk_size=chunk_size,
-                    job_id=job_id,
-                    progress=lambda d, f, t: bar.update(handle, completed=d, total=t, failed=f),
-                )
-        else:
+    job_id = new_job_id() if job_id is None else check_job_id(job_id)  # before anything is printed or written
+    if jobs.embedded:
+        console.print(
+            f"job {job_id}, in-process (no EXPERTBRIDGE_BROKER_URL); if interrupted, resubmit with "
+            f"--job-id {job_id} to resume"
+        )
+        with _bar() as bar:
+            handle = bar.add_task("in-process", total=None, failed=0)
             job = jobs.submit(
-                inputs, manifest=manifest, experts=names, task=task, params=params, chunk_size=chunk_size, job_id=job_id
+                inputs,
+                manifest=manifest,
+                experts=names,
+                task=task,
+                params=params,
+                chunk_size=chunk_size,
+                job_id=job_id,
+                progress=lambda d, f, t: bar.update(handle, completed=d, total=t, failed=f),
             )
-            console.print(f"queued job {job}; follow it with: expertbridge batch status {job} --watch")
-            if wait:
-                _watch(jobs, job)
-        st = jobs.status(job)
-    except ExpertBridgeError as err:
-        raise _fail(err) from err
+    else:
+        job = jobs.submit(
+            inputs, manifest=manifest, experts=names, task=task, params=params, chunk_size=chunk_size, job_id=job_id
+        )
+        console.print(f"queued job {job}; follow it with: expertbridge batch status {job} --watch")
+        if wait:
+            _watch(jobs, job)
+    st = jobs.status(job)
     print(job)
     console.print(markup(st))
     if st.failed:
         console.print(f"[yellow]{st.failed} item(s) failed[/yellow]; see: expertbridge batch status {job}")
+        raise typer.Exit(1)
 
 
 @app.command("status")
@@ -149,6 +153,8 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
     """State, progress (done/failed/total), timing and failed items of a job."""
+    from workflows.batch.jobs import Jobs
+
     jobs = Jobs()
     try:
         st = _watch(jobs, job_id) if watch else jobs.status(job_id)
@@ -170,6 +176,8 @@ def results_cmd(
     ] = False,
 ) -> None:
     """Export a job's results: one row per item (and expert): store key or result, error, reason."""
+    from workflows.batch.jobs import Jobs
+
     jobs = Jobs()
     try:
         st = jobs.status(job_id, errors=0)
@@ -189,6 +197,8 @@ def results_cmd(
 @app.command("cancel")
 def cancel_cmd(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Cancel a job: chunks not started yet are skipped; resubmit with --job-id to resume."""
+    from workflows.batch.jobs import Jobs
+
     try:
         st = Jobs().cancel(job_id)
     except ExpertBridgeError as err:
@@ -199,6 +209,8 @@ def cancel_cmd(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
 @app.command("list")
 def list_cmd() -> None:
     """Known jobs, oldest first."""
+    from workflows.batch.jobs import Jobs
+
     try:
         statuses = Jobs().list_jobs()
     except ExpertBridgeError as err:
@@ -226,15 +238,46 @@ def worker_argv(queues: list[str], *, concurrency: int, pool: str, loglevel: str
 def check_experts(names: list[str], settings: Settings) -> None:
     """Fail before starting if this machine cannot build an expert (weights missing, unknown name).
 
-    Only resolves weights; models load later, in each worker process (after the fork)."""
+    Resolves weights (and fetches a YOLO tag such as ``yolov8n.pt`` now, when online); models
+    load later, in each worker process (after the fork)."""
+    from experts import create_expert, get_expert_class
+
     for name in names:
         if name == "reason":
             continue
         get_expert_class(name)
-        create_expert(name, **settings.expert_kwargs(name))
+        expert = create_expert(name, **settings.expert_kwargs(name))
+        if name == "yolo" and expert.weights.kind == "tag":
+            _fetch_yolo_weights(expert)
+
+
+def _fetch_yolo_weights(expert) -> None:
+    """Download a YOLO tag's file now (no model is built), so that a worker that cannot get it never
+    starts: otherwise it would take chunks and fail every item as ``expert_unavailable``."""
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    from experts import WeightsNotFoundError
+
+    tag = expert.weights.value
+    try:
+        found = Path(attempt_download_asset(tag)).is_file()
+        problem = "the download left no file"
+    except Exception as err:  # noqa: BLE001 - any failure to fetch means: refuse to start
+        found, problem = False, f"{type(err).__name__}: {str(err).strip()}"
+    if not found:
+        raise WeightsNotFoundError(
+            f"yolo: weights {tag!r} are not on this machine and could not be fetched ({problem}). {expert.offline_hint}"
+        )
+
+
+def default_worker_name(names: list[str], queues: list[str]) -> str:
+    """A node name unique per process (Celery warns about duplicates when several workers share a host)."""
+    what = "-".join(names) or "-".join(q.rpartition(".")[2] for q in queues) or "worker"
+    return f"expertbridge-{what}-{os.getpid()}@%h"
 
 
 def worker_cmd(
+    ctx: typer.Context,
     experts: Annotated[str, typer.Option(help="experts whose queues this worker serves (and preloads)")] = "timm",
     queues: Annotated[str | None, typer.Option(help="extra or explicit queues, comma-separated")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="worker processes")] = 1,
@@ -243,22 +286,31 @@ def worker_cmd(
         int | None, typer.Option(help="torch threads per process (default: cores / concurrency)")
     ] = None,
     loglevel: Annotated[str, typer.Option(help="celery log level")] = "INFO",
-    name: Annotated[str | None, typer.Option(help="worker node name, e.g. gpu1@%h")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="worker node name (default: expertbridge-EXPERTS-PID@%h), e.g. gpu1@%h")
+    ] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="refuse to start without the weights")] = True,
 ) -> None:
-    """Run a Celery worker for batch jobs, on the queues of the given experts (expertbridge.EXPERT)."""
-    settings = Settings()
+    """Run a Celery worker for batch jobs, on the queues of the given experts (expertbridge.EXPERT).
+
+    Needs EXPERTBRIDGE_BROKER_URL (without it, `batch submit` runs jobs in-process and a worker would
+    serve nothing) and, unless --no-check, the weights of its experts on this machine.
+    """
+    from workflows.batch.jobs import queue_for
+
+    settings = settings_of(ctx)
+    if not settings.broker_url:
+        raise ConfigError(
+            "set EXPERTBRIDGE_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker: without a broker, "
+            "`expertbridge batch submit` runs jobs in-process and no worker is needed"
+        )
     names = [n.strip() for n in experts.split(",") if n.strip()]
     chosen = [queue_for(n, settings) for n in names] + [q.strip() for q in (queues or "").split(",") if q.strip()]
     if not chosen:
-        raise _fail(ConfigError("give --experts or --queues: a worker with no queue would do nothing"))
-    if not settings.broker_url:
-        console.print("[yellow]note:[/yellow] EXPERTBRIDGE_BROKER_URL is unset; using redis://127.0.0.1:6379/0")
-    try:
-        if check:
-            check_experts(names, settings)
-    except ExpertBridgeError as err:
-        raise _fail(err) from err
+        raise ConfigError("give --experts or --queues: a worker with no queue would do nothing")
+    if check:
+        check_experts(names, settings)
+    name = name or default_worker_name(names, chosen)
     os.environ["EXPERTBRIDGE_WORKER_EXPERTS"] = ",".join(names)
     if threads is not None:
         os.environ["EXPERTBRIDGE_WORKER_THREADS"] = str(threads)

@@ -10,16 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agents.chat import DEFAULT_LOCAL_MODEL
-from cache.store import DirectoryStore
-from experts import ExpertBridgeError, create_expert
-from workflows.bridging import BridgeJob, read_pairs
-from workflows.inputs import expand_inputs
+from experts import ExpertBridgeError  # experts.errors only: cheap
+from workflows.commands.root import command_group, console, finish
 from workflows.rendering import markup
 from workflows.settings import Settings
 
-app = typer.Typer(help="Learnable bridges (projector, Q-Former queries) into a frozen LM.", no_args_is_help=True)
-console = Console(stderr=True)
+app = command_group(help="Learnable bridges (projector, Q-Former queries) into a frozen LM.")
 
 PairsArg = Annotated[Path, typer.Argument(help="image-caption pairs: JSONL {image, text} or CSV image,text")]
 
@@ -35,7 +31,7 @@ def train_cmd(
     out: Annotated[Path, typer.Option(help="directory for the trained bridge")],
     kind: Annotated[str, typer.Option(help="linear, mlp or query")] = "mlp",
     expert: Annotated[str, typer.Option(help="feature expert (weights from settings)")] = "timm",
-    lm: Annotated[str, typer.Option(help="local LM: local, local:PATH or local:HUB_ID")] = DEFAULT_LOCAL_MODEL,
+    lm: Annotated[str, typer.Option(help="local LM: local (SmolLM2-135M), local:PATH or local:HUB_ID")] = "local",
     tokens: Annotated[int, typer.Option(help="soft tokens (linear/mlp) or queries (query)")] = 4,
     epochs: int = 20,
     batch_size: int = 8,
@@ -45,6 +41,10 @@ def train_cmd(
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoints if present")] = False,
 ) -> None:
     """Stage-1 alignment: train only the bridge, features read through the feature store."""
+    from cache.store import DirectoryStore
+    from experts import create_expert
+    from workflows.bridging import BridgeJob, read_pairs
+
     settings = Settings()
     size = {"num_queries": tokens} if kind == "query" else {"num_tokens": tokens}
     try:
@@ -82,6 +82,9 @@ def train_cmd(
 @app.command("eval")
 def eval_cmd(model: Annotated[Path, typer.Argument(help="directory written by `bridge train`")], pairs: PairsArg):
     """Mean caption loss of a trained bridge on image–caption pairs."""
+    from cache.store import DirectoryStore
+    from workflows.bridging import BridgeJob, read_pairs
+
     try:
         settings = Settings()
         job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
@@ -99,6 +102,10 @@ def caption_cmd(
     out: Annotated[Path | None, typer.Option(help="write one JSON line per image here")] = None,
 ) -> None:
     """Caption images with a trained bridge (greedy decoding from the image features)."""
+    from cache.store import DirectoryStore
+    from workflows.bridging import BridgeJob
+    from workflows.inputs import expand_inputs
+
     try:
         settings = Settings()
         job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
@@ -112,3 +119,5 @@ def caption_cmd(
         caption = markup(r["caption"]) if r.get("caption") else f"[red]{markup(r.get('error'))}[/red]"
         table.add_row(markup(r["image"]), caption)
     Console().print(table)
+    failed = sum("error" in r for r in rows)
+    finish(len(rows) - failed, failed)

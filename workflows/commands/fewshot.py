@@ -7,20 +7,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from cache.store import DirectoryStore
-from experts import ExpertBridgeError, create_expert
-from workflows.datasets import few_shot_splits, load_splits
-from workflows.fewshot import METHODS, FewShotClassifier
-from workflows.fewshot_eval import BASELINE, SWEEP_VIEWS, run_sweep
+from workflows.commands.root import command_group, console, finish, settings_of
 from workflows.rendering import markup
-from workflows.report import format_params, write_fewshot_report
-from workflows.settings import Settings
 
-app = typer.Typer(help="Few-shot classification with adaptive feature caches.", no_args_is_help=True)
-console = Console(stderr=True)
+app = command_group(help="Few-shot classification with adaptive feature caches.")
+
+#: workflows.fewshot.METHODS, written out so that --help does not import torch (a test keeps them equal)
+METHOD_NAMES = ("cache", "cache-train", "gda", "zero-shot")
+#: workflows.fewshot_eval.SWEEP_VIEWS, likewise: the demo's views per support image
+SWEEP_VIEWS = 2
 
 ExpertsOpt = Annotated[str, typer.Option(help="comma-separated feature experts (their weights come from settings)")]
 ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="add CLIP's zero-shot prior (needs CLIP weights)")]
@@ -30,7 +26,9 @@ DescriptionsOpt = Annotated[
 SplitFile = Annotated[Path | None, typer.Option(help="CoOp-style split JSON; DATA is then the image root")]
 
 
-def _build(settings: Settings, experts: str, clip: bool):
+def _build(settings, experts: str, clip: bool):
+    from experts import create_expert
+
     names = [n.strip() for n in experts.split(",") if n.strip()]
     built = [create_expert(n, **settings.expert_kwargs(n)) for n in names if n != "clip"]
     clip_expert = create_expert("clip", **settings.expert_kwargs("clip")) if clip or "clip" in names else None
@@ -46,15 +44,20 @@ def _prompts(path: Path | None):
 
 
 def _splits(data: Path, split_file: Path | None):
+    from workflows.datasets import load_splits
+
     return load_splits(split_file, image_root=data) if split_file else load_splits(data)
 
 
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="dataset: train/ + val/ (+ test/) class folders, or image root")],
     shots: Annotated[str, typer.Option(help="comma-separated shot counts")] = "1,2,4,8,16",
     seeds: Annotated[int, typer.Option(help="runs per shot count")] = 3,
-    methods: Annotated[str, typer.Option(help=f"comma-separated, of {', '.join(METHODS)}")] = "cache,cache-train,gda",
+    methods: Annotated[
+        str, typer.Option(help=f"comma-separated, of {', '.join(METHOD_NAMES)}")
+    ] = "cache,cache-train,gda",
     experts: ExpertsOpt = "timm",
     clip: ClipOpt = False,
     augment_views: Annotated[
@@ -74,29 +77,32 @@ def eval_cmd(
     descriptions: DescriptionsOpt = None,
 ) -> None:
     """Accuracy vs shots for each method (and a nearest-centroid baseline), with an HTML/PNG report."""
-    settings = Settings()
-    try:
-        feature_experts, clip_expert = _build(settings, experts, clip)
-        splits = _splits(data, split_file)
-        shot_list = [int(s) for s in shots.split(",")]
-        method_list = [m.strip() for m in methods.split(",")]
-        store = DirectoryStore(settings.store_dir)
-        result = run_sweep(  # progress on stderr: a bar on a terminal, plain lines when piped
-            splits,
-            feature_experts,
-            clip=clip_expert,
-            shots=shot_list,
-            seeds=range(seeds),
-            methods=method_list,
-            store=store,
-            augment_views=augment_views,
-            epochs=epochs,
-            prompts=_prompts(descriptions),
-            progress=True,
-        )
-    except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {markup(err)}")
-        raise typer.Exit(2) from err
+    from rich.console import Console
+    from rich.table import Table
+
+    from cache.store import DirectoryStore
+    from workflows.fewshot_eval import BASELINE, run_sweep
+    from workflows.report import write_fewshot_report
+
+    settings = settings_of(ctx)
+    splits = _splits(data, split_file)  # a wrong path fails before any model loads
+    feature_experts, clip_expert = _build(settings, experts, clip)
+    shot_list = [int(s) for s in shots.split(",")]
+    method_list = [m.strip() for m in methods.split(",")]
+    store = DirectoryStore(settings.store_dir)
+    result = run_sweep(  # progress on stderr: a bar on a terminal, plain lines when piped
+        splits,
+        feature_experts,
+        clip=clip_expert,
+        shots=shot_list,
+        seeds=range(seeds),
+        methods=method_list,
+        store=store,
+        augment_views=augment_views,
+        epochs=epochs,
+        prompts=_prompts(descriptions),
+        progress=True,
+    )
     page = write_fewshot_report(result, report, dataset=data.name)
     table = Table("method", *[f"{s}-shot" for s in shot_list])
     for method, by in result.table().items():
@@ -111,11 +117,12 @@ def eval_cmd(
 
 @app.command("fit")
 def fit_cmd(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="dataset: train/ + val/ (+ test/) class folders, or image root")],
     out: Annotated[Path, typer.Option(help="directory for the fitted classifier")],
     shots: Annotated[int, typer.Option(help="support images per class")] = 16,
     seed: int = 0,
-    method: Annotated[str, typer.Option(help=f"one of {', '.join(METHODS)}")] = "cache",
+    method: Annotated[str, typer.Option(help=f"one of {', '.join(METHOD_NAMES)}")] = "cache",
     experts: ExpertsOpt = "timm",
     clip: ClipOpt = False,
     augment_views: Annotated[
@@ -125,26 +132,27 @@ def fit_cmd(
     descriptions: DescriptionsOpt = None,
 ) -> None:
     """Fit on k shots per class, choose α/β on validation, report test accuracy, save (safetensors + JSON)."""
-    settings = Settings()
-    try:
-        feature_experts, clip_expert = _build(settings, experts, clip)
-        support, val, test = few_shot_splits(_splits(data, split_file), shots, seed)
-        clf = FewShotClassifier(
-            feature_experts,
-            clip=clip_expert,
-            method=method,
-            augment_views=augment_views,
-            store=DirectoryStore(settings.store_dir),
-            prompts=_prompts(descriptions),
-            seed=seed,
-            progress=True,
-        )
-        clf.fit(support, val)
-        scored = clf.evaluate(test)
-        clf.save(out)
-    except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {markup(err)}")
-        raise typer.Exit(2) from err
+    from cache.store import DirectoryStore
+    from workflows.datasets import few_shot_splits
+    from workflows.fewshot import FewShotClassifier
+    from workflows.report import format_params
+
+    settings = settings_of(ctx)
+    support, val, test = few_shot_splits(_splits(data, split_file), shots, seed)
+    feature_experts, clip_expert = _build(settings, experts, clip)
+    clf = FewShotClassifier(
+        feature_experts,
+        clip=clip_expert,
+        method=method,
+        augment_views=augment_views,
+        store=DirectoryStore(settings.store_dir),
+        prompts=_prompts(descriptions),
+        seed=seed,
+        progress=True,
+    )
+    clf.fit(support, val)
+    scored = clf.evaluate(test)
+    clf.save(out)
     console.print(
         f"{method}, {shots}-shot: test accuracy {scored['accuracy']:.1%} on {scored['evaluated']} images "
         f"({format_params(clf.chosen_params())}); saved to {markup(out)}/"
@@ -153,20 +161,23 @@ def fit_cmd(
 
 @app.command("predict")
 def predict_cmd(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="directory written by `fewshot fit`")],
     images: Annotated[list[str], typer.Argument(help="image files or directories")],
     out: Annotated[Path | None, typer.Option(help="write one JSON line per image here")] = None,
 ) -> None:
-    """Label images with a saved classifier; unreadable images are reported, the rest still labelled."""
+    """Label images with a saved classifier; unreadable images are reported, the rest still labelled (exit 1)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cache.store import DirectoryStore
+    from workflows.fewshot import FewShotClassifier
     from workflows.inputs import expand_inputs
 
-    settings = Settings()
-    try:
-        clf = FewShotClassifier.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
-        preds = clf.predict(expand_inputs(images))
-    except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {markup(err)}")
-        raise typer.Exit(2) from err
+    settings = settings_of(ctx)
+    sources = expand_inputs(images)
+    clf = FewShotClassifier.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
+    preds = clf.predict(sources)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in preds))
@@ -178,3 +189,5 @@ def predict_cmd(
             parts = ", ".join(f"{k} {v:+.2f}" for k, v in p.contributions.items())
             table.add_row(markup(p.source), markup(p.label), f"{p.probabilities[p.label]:.2f}", markup(parts))
     Console().print(table)
+    failed = sum(p.label is None for p in preds)
+    finish(len(preds) - failed, failed, f"; predictions in {markup(out)}" if out else "")
