@@ -28,9 +28,9 @@ from experts.checkpoints import apply_state_dict, read_state_dict
 from experts.errors import ConfigError, WeightsNotFoundError
 from experts.evidence import Features
 from experts.registry import register_expert
-from experts.weights import missing_weights_as_error
+from experts.weights import DINOV2_OFFICIAL_REPO, missing_weights_as_error
 
-OFFICIAL_REPO = "facebookresearch/dinov2"
+OFFICIAL_REPO = DINOV2_OFFICIAL_REPO
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -37,6 +37,9 @@ from experts.errors import ConfigError, WeightsNotFoundError
 WeightsKind = Literal["none", "path", "hub", "tag"]
 
 _OFFLINE_VARS = ("EXPERTBRIDGE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+#: Meta's DINOv2 hub repo: the one torch.hub source trusted without the user naming it (here, not in
+#: experts/dinov2.py, so settings can name it without importing torch).
+DINOV2_OFFICIAL_REPO = "facebookresearch/dinov2"
 _WEIGHT_SUFFIXES = (
     ".pt",
     ".pth",

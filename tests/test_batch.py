@@ -664,7 +664,12 @@ def test_a_worker_needs_a_broker_url_and_a_yolo_worker_needs_its_weights(monkeyp
         raise ConnectionError(f"Download failure for {tag}. Environment may be offline.")
 
     monkeypatch.setattr("ultralytics.utils.downloads.attempt_download_asset", no_network)
-    res = CliRunner().invoke(app, ["worker", "--experts", "yolo"])
+    res = CliRunner().invoke(app, ["worker", "--experts", "yolo"])  # the tag is a pickle: refused unless trusted
+    assert res.exit_code == 2 and not started, res.output
+    assert "refusing to load 'yolov8n.pt'" in res.output and "EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS" in res.output
+    # --trust-pickle sets EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS for the workers it starts: monkeypatch restores it after
+    monkeypatch.setenv("EXPERTBRIDGE_TRUST_PICKLE_WEIGHTS", "0")
+    res = CliRunner().invoke(app, ["--trust-pickle", "worker", "--experts", "yolo"])
     assert res.exit_code == 2 and not started, res.output
     assert "yolov8n.pt" in res.output and "could not be fetched" in res.output
     assert "EXPERTBRIDGE_YOLO_WEIGHTS" in res.output and "Traceback" not in res.output

@@ -1,4 +1,4 @@
-"""Process-wide CPU settings applied when ``workflows`` loads (the CLI, workers): see workflows/cpu_tuning.py."""
+"""Process-wide CPU settings the CLI and the Celery workers apply before torch loads: see workflows/cpu_tuning.py."""
 
 from __future__ import annotations
 

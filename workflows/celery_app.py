@@ -21,7 +21,10 @@ from functools import lru_cache
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
+from workflows.cpu_tuning import tune_for_busy_cpus
 from workflows.settings import Settings
+
+tune_for_busy_cpus()  # a worker started as `celery -A workflows.celery_app worker` too (workflows/cpu_tuning.py)
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "expertbridge"

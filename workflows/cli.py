@@ -19,6 +19,10 @@ from typing import Annotated, Any
 
 import typer
 
+from workflows.cpu_tuning import tune_for_busy_cpus
+
+tune_for_busy_cpus()  # this process and the workers it starts; before torch loads (workflows/cpu_tuning.py)
+
 from workflows.commands import batch as batch_commands
 from workflows.commands import bridge as bridge_commands
 from workflows.commands import fewshot as fewshot_commands

@@ -10,8 +10,11 @@ Measured here (2 cores shared with other jobs, EfficientNet-Lite0, 96 images, ba
   reuse (``mallopt``): 6 page faults, 0.07 s kernel time, 2.4 s wall. The cost: a process keeps up to
   :data:`KEEP_FREED_BYTES` of freed memory instead of returning it.
 
-:func:`tune_for_busy_cpus` runs when the ``workflows`` package is imported, so the CLI and the Celery
-workers get it before torch loads. A value you set yourself (``OMP_WAIT_POLICY``, ``MALLOC_*``) wins.
+:func:`tune_for_busy_cpus` runs when the command line (:mod:`workflows.cli`) or the Celery app
+(:mod:`workflows.celery_app`) is imported, before torch loads — not on ``import workflows``: changing
+the allocator of a process that merely imports a library would be a surprise. From Python, call it
+yourself first thing if you want the same speed. A value you set yourself (``OMP_WAIT_POLICY``,
+``MALLOC_*``) wins.
 """
 
 from __future__ import annotations

@@ -24,9 +24,8 @@ from typing import Any
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from experts.dinov2 import OFFICIAL_REPO
 from experts.errors import ConfigError
-from experts.weights import is_offline
+from experts.weights import DINOV2_OFFICIAL_REPO, is_offline
 
 ENV_FILE_VAR = "EXPERTBRIDGE_ENV_FILE"
 
@@ -36,7 +35,7 @@ ENV_ONLY: Mapping[str, Any] = {
     "trust_pickle_weights": False,
     "allow_urls": False,
     "offline": True,
-    "dinov2_repo": OFFICIAL_REPO,
+    "dinov2_repo": DINOV2_OFFICIAL_REPO,
 }
 
 
