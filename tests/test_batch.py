@@ -450,7 +450,7 @@ def test_resubmitting_a_finished_job_is_a_no_op_and_only_retryable_failures_run_
 
     # a chunk that failed for a reason of the worker (expert unavailable) is run again, and only that one
     def unavailable(name, settings):
-        raise batch_runner.ExpertUnavailable("no weights on this worker")
+        raise batch_runner.ExpertUnavailable("no weights on this worker", expert=name)
 
     monkeypatch.setattr(batch_runner, "get_expert", unavailable)
     other = embedded.submit(images[:8], job_id="retry-me")

@@ -132,7 +132,7 @@ def test_run_reports_each_hostile_item_and_keeps_the_good_ones(corpus, good_only
     )
     assert code == 1, out  # some items failed
     rows = [json.loads(line) for line in (tmp_path / "hostile" / "rows.jsonl").read_text().splitlines()]
-    _assert_rows(rows, corpus[1], lambda r: r["reason"], lambda r: r["ok"])
+    _assert_rows(rows, corpus[1], lambda r: r["reason"], lambda r: r["evidence"] is not None)
 
 
 def test_fewshot_predict_reports_each_hostile_item_and_labels_the_good_ones(
