@@ -18,6 +18,11 @@ Built on LangChain's ``create_agent`` (a LangGraph tool loop). One middleware, t
 
 ``look_first`` (default) requires a tool call on the first turn (``tool_choice="any"``):
 the model cannot see the image, and small models otherwise answer without looking.
+Some servers refuse a forced tool choice (llama-cpp-python's OpenAI server answers HTTP
+500; some vLLM/TGI configurations 400): the guard then asks again with ``"auto"`` plus an
+instruction to call a tool, notes the retry in the trace, and skips forcing for the rest
+of the planner's life. Any other failure of the model or its server becomes one
+:class:`~experts.errors.ChatModelError` saying which model failed, why, and what to try.
 
 With ``rules=True``, counting and presence questions about detector classes are answered
 without the LLM (see :mod:`agents.rules`), and the trace says so (``mode="rule"``).
@@ -38,6 +43,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from agents import rules
 from agents.tools import ExpertToolbox
 from agents.trace import Step, Trace
+from experts.errors import ChatModelError, ExpertBridgeError
 from experts.images import ImageSource
 
 SYSTEM_PROMPT = """You answer questions about an image you cannot see directly. You have tools: \
@@ -51,6 +57,8 @@ Answer: <the short answer>
 Evidence: <the names of the tools whose results you used, comma-separated>"""
 
 ANSWER_NOW = "Tool budget used up. Answer now from the evidence above, in the required format."
+#: Sent instead of a forced tool choice to servers that refuse one.
+CALL_A_TOOL = "You cannot see the image yourself. First call one of the tools to look at it; answer only after that."
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class Planner:
     ) -> None:
         self.model, self.toolbox, self.limits, self.system_prompt = model, toolbox, limits, system_prompt
         self.rules, self.look_first = rules, look_first
+        self.quirks = ModelQuirks()
 
     @property
     def model_name(self) -> str:
@@ -111,7 +120,7 @@ class Planner:
             if result is not None:
                 return result
         tools = self.toolbox.tools_for(image)
-        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, self.look_first)
+        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, self.look_first, self.quirks, self.model_name)
         agent = create_agent(self.model, tools, system_prompt=self.system_prompt, middleware=[guard])
         steps = self.limits.max_model_calls + self.limits.max_tool_calls
         state = agent.invoke(
@@ -150,12 +159,29 @@ class Planner:
         return ReasoningResult(answer, rationale, ["detect_objects"], trace)
 
 
+@dataclass
+class ModelQuirks:
+    """What the planner learned about its model's server, kept across runs."""
+
+    refuses_forced_choice: bool = False
+
+
 class _Guard(AgentMiddleware):
     """Limits, tool allow-list, error feedback and tracing around every model and tool call."""
 
-    def __init__(self, trace: Trace, limits: PlannerLimits, allowed: set[str], start: float, look_first: bool) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        limits: PlannerLimits,
+        allowed: set[str],
+        start: float,
+        look_first: bool,
+        quirks: ModelQuirks | None = None,
+        model_name: str = "chat model",
+    ) -> None:
         super().__init__()
         self.trace, self.limits, self.allowed, self.start, self.look_first = trace, limits, allowed, start, look_first
+        self.quirks, self.model_name = quirks or ModelQuirks(), model_name
         self.tokens = 0
         self.tool_calls = 0
 
@@ -180,9 +206,12 @@ class _Guard(AgentMiddleware):
             request = request.override(tools=[], messages=[*request.messages, HumanMessage(ANSWER_NOW)])
         elif model_calls == 0 and self.look_first and request.tools:
             # The model cannot see the image: its first move must be to look (small models otherwise guess).
-            request = request.override(tool_choice="any")
+            if self.quirks.refuses_forced_choice:
+                request = _ask_for_a_call(request)
+            else:
+                request = request.override(tool_choice="any")
         t0 = time.perf_counter()
-        response = handler(request)
+        response = self._call_model(request, handler)
         seconds = time.perf_counter() - t0
         message = next((m for m in reversed(response.result) if isinstance(m, AIMessage)), AIMessage(""))
         usage = message.usage_metadata or {}
@@ -204,6 +233,32 @@ class _Guard(AgentMiddleware):
             )
         )
         return response
+
+    def _call_model(self, request: ModelRequest, handler) -> ModelResponse:
+        """``handler(request)``; a refused forced tool choice is retried once with ``auto``; failures → one error."""
+        try:
+            return handler(request)
+        except ExpertBridgeError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the provider raises, the user gets one clear line
+            if not (_is_forced(request.tool_choice) and refuses_forced_choice(err)):
+                raise model_failure(self.model_name, err) from err
+            self.quirks.refuses_forced_choice = True
+            self.trace.steps.append(
+                Step(
+                    "retry",
+                    self._elapsed(),
+                    0.0,
+                    content=f"the server refused tool_choice={request.tool_choice!r} ({_first_line(err)}); "
+                    "asked again with tool_choice='auto' and an instruction to call a tool",
+                )
+            )
+        try:
+            return handler(_ask_for_a_call(request))
+        except ExpertBridgeError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise model_failure(self.model_name, err) from err
 
     def wrap_tool_call(self, request: ToolCallRequest, handler) -> ToolMessage:
         call = request.tool_call
@@ -227,6 +282,64 @@ class _Guard(AgentMiddleware):
                 message.status = "error"
         self.trace.steps.append(_tool_step(message, name, args, t0 - self.start, time.perf_counter() - t0))
         return message
+
+
+def _is_forced(tool_choice: Any) -> bool:
+    return tool_choice not in (None, False, "auto", "none")
+
+
+def _ask_for_a_call(request: ModelRequest) -> ModelRequest:
+    """The request without a forced choice, with an instruction to call a tool instead."""
+    return request.override(tool_choice="auto", messages=[*request.messages, HumanMessage(CALL_A_TOOL)])
+
+
+def refuses_forced_choice(err: BaseException) -> bool:
+    """Does ``err`` look like a server rejecting a forced ``tool_choice`` (rather than being down)?
+
+    An HTTP error answer (400, 422, 500, 501: what llama-cpp-python, vLLM and TGI send) or an
+    error that names ``tool_choice``; never a connection failure or a timeout.
+    """
+    status = getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
+    if status in (400, 422, 500, 501):
+        return True
+    return "tool_choice" in str(err) and not _is_connection_error(err)
+
+
+def model_failure(model_name: str, err: BaseException) -> ChatModelError:
+    """One line for the user: which model failed, why, and what to try."""
+    status = getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
+    if _is_connection_error(err):
+        hint = "is the server running and reachable at the base URL? (or use a local model: --model auto)"
+    elif "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower():
+        hint = "the server did not answer in time; try a smaller model or a longer timeout"
+    elif status in (401, 403):
+        hint = "check the API key (OPENAI_API_KEY or the provider's key variable)"
+    elif status == 404:
+        hint = "check the model name and the base URL (it usually ends in /v1)"
+    elif isinstance(status, int) and status >= 500:
+        hint = "the server failed on this request; its log says why"
+    else:
+        hint = "check the --model spec, or try another model"
+    code = f"HTTP {status} " if isinstance(status, int) else ""
+    return ChatModelError(f"chat model {model_name} failed: {code}{type(err).__name__}: {_first_line(err)} — {hint}")
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        name = type(e).__name__
+        if isinstance(e, ConnectionError) or "Connect" in name or "ConnectionError" in name:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 300 else line[:300] + "…"
 
 
 def _tool_step(message: ToolMessage, name: str, args: dict, started: float, seconds: float) -> Step:

@@ -6,7 +6,14 @@ True
 """
 
 from experts.base import Expert, FeatureExpert, ItemResult
-from experts.errors import ConfigError, ExpertBridgeError, ExpertRunError, ImageError, WeightsNotFoundError
+from experts.errors import (
+    ChatModelError,
+    ConfigError,
+    ExpertBridgeError,
+    ExpertRunError,
+    ImageError,
+    WeightsNotFoundError,
+)
 from experts.evidence import (
     Caption,
     Classification,
@@ -26,6 +33,7 @@ from experts import captioner, clip, dense_captioner, detector, dinov2, timm_enc
 
 __all__ = [
     "Caption",
+    "ChatModelError",
     "Classification",
     "ConfigError",
     "Detection",

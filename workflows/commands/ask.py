@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from agents.chat import DEFAULT_LOCAL_MODEL
 from agents.planner import PlannerLimits
 from agents.trace_html import trace_to_html
-from experts import ExpertBridgeError
+from experts import ChatModelError, ExpertBridgeError
 from workflows.reasoning import Reasoner
 from workflows.settings import Settings
 
@@ -24,8 +24,11 @@ def ask_cmd(
     question: Annotated[str, typer.Argument(help="the question")],
     model: Annotated[
         str,
-        typer.Option(help="chat model: local[:path|hub id], ollama:NAME, openai-compatible:URL|NAME, provider:NAME"),
-    ] = DEFAULT_LOCAL_MODEL,
+        typer.Option(
+            help="chat model: auto (the best offline model installed), llamacpp:PRESET|FILE.gguf, "
+            "local[:path|hub id], ollama:NAME, openai-compatible:URL|NAME, provider:NAME"
+        ),
+    ] = "auto",
     experts: Annotated[
         str, typer.Option(help="comma-separated tools: yolo, captioner, dense_captioner, clip")
     ] = "yolo",
@@ -48,8 +51,11 @@ def ask_cmd(
             bridge=bridge,
         )
         result = reasoner.ask(image, question)
+    except ChatModelError as err:  # the model or its server failed: not a usage error
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(1) from err
     except ExpertBridgeError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(2) from err
     steps = Table("#", "step", "detail", "s")
     for i, step in enumerate(result.trace.steps, 1):
