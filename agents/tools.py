@@ -16,12 +16,12 @@ expert error) goes back to the model as the tool's answer, never as an exception
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import torch
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from bridges.text import render
 from experts import Caption, Classification, Detections, Expert, ExpertBridgeError, ItemResult
@@ -69,6 +69,9 @@ class ExpertToolbox:
     dense_captioner: Expert | None = None
     clip: Expert | None = None
     classifier: FewShotModel | None = None
+    # Several few-shot models by name (e.g. {"shape": ..., "color": ...}): one `classify_few_shot`
+    # tool whose `classifier` argument picks one. `classifier` alone keeps the argument-free tool.
+    classifiers: Mapping[str, FewShotModel] = field(default_factory=dict)
     # A learnable bridge (bridges.BridgedLM) and the expert whose features it was trained on: the
     # `describe_image` tool, an alternative to rendering evidence as text.
     describer: Any | None = None
@@ -115,13 +118,26 @@ class ExpertToolbox:
                     ClipTagsArgs,
                 )
             )
-        if self.classifier is not None:
+        few_shot = self.few_shot_models
+        if len(few_shot) == 1:
+            (only,) = few_shot.values()
             tools.append(
                 _tool(
-                    lambda: self._few_shot(image),
+                    lambda: self._few_shot(image, only),
                     "classify_few_shot",
-                    f"Classify the image into one of: {', '.join(self.classifier.classnames)} (a few-shot model).",
+                    f"Classify the image into one of: {', '.join(only.classnames)} (a few-shot model).",
                     NoArgs,
+                )
+            )
+        elif few_shot:
+            choices = "; ".join(f"{name!r}: {', '.join(m.classnames)}" for name, m in few_shot.items())
+            tools.append(
+                _tool(
+                    lambda classifier: self._few_shot(image, few_shot[classifier], classifier),
+                    "classify_few_shot",
+                    f"Classify the image with one of several few-shot models. The classifier argument picks "
+                    f"the model; each answers with one of its labels: {choices}.",
+                    _classifier_args(tuple(few_shot)),
                 )
             )
         if self.describer is not None and self.describer_expert is not None:
@@ -134,6 +150,14 @@ class ExpertToolbox:
                 )
             )
         return tools
+
+    @property
+    def few_shot_models(self) -> dict[str, FewShotModel]:
+        """Every few-shot model by name (``classifier`` alone is ``"default"``)."""
+        models = dict(self.classifiers)
+        if self.classifier is not None:
+            models.setdefault("default", self.classifier)
+        return models
 
     # ------------------------------------------------------------------ tool bodies
 
@@ -181,13 +205,22 @@ class ExpertToolbox:
         caption = Caption(text)
         return render(caption, max_tokens=self.text_budget), {"evidence": caption.to_dict(), "store": store}
 
-    def _few_shot(self, image: ImageSource):
-        pred = self.classifier.predict([image])[0]
+    def _few_shot(self, image: ImageSource, model: FewShotModel, name: str | None = None):
+        pred = model.predict([image])[0]
         if pred.label is None:
             raise ToolException(f"few-shot classifier could not read the image: {pred.error}")
         ranked = sorted(pred.probabilities.items(), key=lambda kv: (-kv[1], kv[0]))
-        evidence = Classification(tuple(k for k, _ in ranked), tuple(v for _, v in ranked), "few-shot")
+        source = f"few-shot {name}" if name else "few-shot"
+        evidence = Classification(tuple(k for k, _ in ranked), tuple(v for _, v in ranked), source)
         return render(evidence, max_tokens=self.text_budget), {"evidence": evidence.to_dict(), "store": {}}
+
+
+def _classifier_args(names: tuple[str, ...]) -> type[BaseModel]:
+    """Arguments of the several-classifier ``classify_few_shot``: ``classifier`` is one of ``names``."""
+    return create_model(
+        "ClassifyFewShotArgs",
+        classifier=(Literal[names], Field(..., description=f"which few-shot model: one of {', '.join(names)}")),
+    )
 
 
 def _tool(func: Callable, name: str, description: str, schema: type[BaseModel]) -> StructuredTool:
