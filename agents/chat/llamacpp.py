@@ -231,6 +231,13 @@ class LlamaCppChatModel(BaseChatModel):
         return self._llama
 
     @property
+    def template(self) -> GGUFChatTemplate:
+        """The chat template in use (the GGUF's own unless ``chat_template`` is set)."""
+        self.load()
+        assert self._template is not None
+        return self._template
+
+    @property
     def capabilities(self) -> TemplateCapabilities:
         """What the chat template renders natively (probed once)."""
         self.load()
