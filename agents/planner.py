@@ -51,12 +51,17 @@ expert vision models that look at the image for you. Think step by step:
 1. Decide which tool gives the evidence the question needs, and call it.
 2. Read the tool's result; call another tool only if the evidence is not enough.
 3. Reason from the evidence only. Never invent objects, counts or details no tool reported.
+4. For a yes/no question, first state what the tools found (e.g. "the shape is red"), then decide whether \
+the question, read exactly as asked, is true. A negated question ("is there not a X?", "is no X present?", \
+"does the image not contain a X?") is true when there is no X: answer yes if the tools found no X, no if they found one.
 When you are done, reply in exactly this format:
 Reasoning: <your step-by-step reasoning, citing the tool results>
 Answer: <the short answer>
 Evidence: <the names of the tools whose results you used, comma-separated>"""
 
 ANSWER_NOW = "Tool budget used up. Answer now from the evidence above, in the required format."
+#: Sent (with the tools withdrawn) when the model asks again for a result it already has.
+ANSWER_FROM_EVIDENCE = "You already have that tool's result above. Answer now from it, in the required format."
 #: Sent instead of a forced tool choice to servers that refuse one.
 CALL_A_TOOL = "You cannot see the image yourself. First call one of the tools to look at it; answer only after that."
 
@@ -210,10 +215,24 @@ class _Guard(AgentMiddleware):
                 request = _ask_for_a_call(request)
             else:
                 request = request.override(tool_choice="any")
+        response = self._timed_call(request, handler)
+        message = _last_ai(response)
+        if message.tool_calls and request.tools and all(self._already_answered(c) for c in message.tool_calls):
+            # Small models loop, asking again for evidence they already have: ask for the answer instead.
+            repeated = ", ".join(f"{c['name']}({c['args']})" for c in message.tool_calls)
+            self.trace.steps.append(
+                Step("retry", self._elapsed(), 0.0, content=f"the model repeated {repeated}; asked it to answer")
+            )
+            request = request.override(tools=[], messages=[*request.messages, HumanMessage(ANSWER_FROM_EVIDENCE)])
+            response = self._timed_call(request, handler)
+        return response
+
+    def _timed_call(self, request: ModelRequest, handler) -> ModelResponse:
+        """One model call, recorded in the trace and counted against the token budget."""
         t0 = time.perf_counter()
         response = self._call_model(request, handler)
         seconds = time.perf_counter() - t0
-        message = next((m for m in reversed(response.result) if isinstance(m, AIMessage)), AIMessage(""))
+        message = _last_ai(response)
         usage = message.usage_metadata or {}
         prompt_chars = len(request.system_prompt or "") + sum(len(_text(m)) for m in request.messages)
         inputs = usage.get("input_tokens", prompt_chars // 4)  # ~4 characters a token when the model won't say
@@ -233,6 +252,11 @@ class _Guard(AgentMiddleware):
             )
         )
         return response
+
+    def _already_answered(self, call: dict) -> bool:
+        """Did a tool already answer exactly this call (same tool, same arguments) in this run?"""
+        args = dict(call.get("args") or {})
+        return any(s.tool == call["name"] and s.arguments == args and s.error is None for s in self.trace.tool_steps)
 
     def _call_model(self, request: ModelRequest, handler) -> ModelResponse:
         """``handler(request)``; a refused forced tool choice is retried once with ``auto``; failures → one error."""
@@ -282,6 +306,10 @@ class _Guard(AgentMiddleware):
                 message.status = "error"
         self.trace.steps.append(_tool_step(message, name, args, t0 - self.start, time.perf_counter() - t0))
         return message
+
+
+def _last_ai(response: ModelResponse) -> AIMessage:
+    return next((m for m in reversed(response.result) if isinstance(m, AIMessage)), AIMessage(""))
 
 
 def _is_forced(tool_choice: Any) -> bool:

@@ -637,7 +637,7 @@ def parse_reply(
 
     Ids continue the numbering of the calls already in ``history``. When the reply holds
     tagged calls, text after the last ``</tool_call>`` is dropped: it is the model
-    imagining the results.
+    imagining the results. A call repeated verbatim in the same reply counts once.
     """
     first_id = sum(len(getattr(m, "tool_calls", None) or []) for m in history)
     opts: dict[str, Any] = {"tools": list(tools or []), "first_id": first_id, "placeholder": placeholder}
@@ -646,4 +646,15 @@ def parse_reply(
         end = reply.rindex(TOOL_CALL_CLOSE) + len(TOOL_CALL_CLOSE)
         if reply[end:].strip():
             parsed = parse_tool_calls(reply[:end], **opts)
+    # The same call written twice in one reply (small models stutter) is one call.
+    seen: set[str] = set()
+    unique = []
+    for call in parsed.tool_calls:
+        key = json.dumps([call["name"], call["args"]], sort_keys=True, default=str)
+        if key in seen:
+            parsed.repairs.append(f"{call['id']} {call['name']}: dropped, a repeat of an earlier call in this reply")
+        else:
+            seen.add(key)
+            unique.append(call)
+    parsed.tool_calls = unique
     return parsed
