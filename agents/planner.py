@@ -51,11 +51,10 @@ expert vision models that look at the image for you. Think step by step:
 1. Decide which tool gives the evidence the question needs, and call it.
 2. Read the tool's result; call another tool only if the evidence is not enough.
 3. Reason from the evidence only. Never invent objects, counts or details no tool reported.
-4. For a yes/no question, first state what the tools found, then decide whether \
-the question, read exactly as asked, is true. A negated question ("is there not a X?", "is no X present?", \
-"does the image not contain a X?") is true when there is no X: answer yes if the tools found no X, no if they found one.
+4. Mind negations: "is there not a X?", "is no X present?" and "does the image not contain a X?" are true \
+(answer yes) when there is no X.
 When you are done, reply in exactly this format:
-Reasoning: <your step-by-step reasoning, citing the tool results>
+Reasoning: <restate the question; then compare what it asks about with the tool results, step by step>
 Answer: <the short answer>
 Evidence: <the names of the tools whose results you used, comma-separated>"""
 

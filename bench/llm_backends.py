@@ -4,7 +4,9 @@
     python bench/llm_backends.py --model qwen2.5-coder-1.5b --tokens 32 --threads 2
 
 Both backends get the same prompt text (the GGUF's chat template, rendered once), the
-same thread count and greedy decoding. transformers de-quantizes the GGUF to float32
+same thread count (default: half the cores, llama.cpp's own default; on a shared machine
+more threads than free cores make llama.cpp's spinning threads far slower) and greedy
+decoding. transformers de-quantizes the GGUF to float32
 on load (``from_pretrained(dir, gguf_file=...)``); llama.cpp runs the Q4_K_M weights
 as they are. For each backend: load time (file → ready), time to the first token
 (prompt prefill), and decode tokens/s over the remaining tokens. The last line prints
@@ -81,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="a llamacpp preset or a .gguf path")
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="both backends")
     args = parser.parse_args()
 
     path = resolve_gguf(args.model)
