@@ -124,7 +124,8 @@ class Planner:
             if result is not None:
                 return result
         tools = self.toolbox.tools_for(image)
-        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, self.look_first, self.quirks, self.model_name)
+        allowed = {t.name for t in tools}
+        guard = _Guard(trace, self.limits, allowed, start, self.look_first, self.quirks, self.model_name)
         agent = create_agent(self.model, tools, system_prompt=self.system_prompt, middleware=[guard])
         steps = self.limits.max_model_calls + self.limits.max_tool_calls
         state = agent.invoke(

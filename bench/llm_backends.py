@@ -95,11 +95,14 @@ def main() -> None:
     print(f"  transformers {results['transformers']}")
     print(f"{'backend':>13} {'load s':>8} {'1st token s':>12} {'decode tok/s':>13} {f'{args.tokens} tok s':>10}")
     for name, r in results.items():
-        print(f"{name:>13} {r['load_s']:8.1f} {r['first_token_s']:12.2f} {r['decode_tok_s']:13.1f} {r['total_s']:10.1f}")
+        print(
+            f"{name:>13} {r['load_s']:8.1f} {r['first_token_s']:12.2f} {r['decode_tok_s']:13.1f} {r['total_s']:10.1f}"
+        )
     lc, hf = results["llama.cpp"], results["transformers"]
     print(
         f"headline: llama.cpp decodes {lc['decode_tok_s'] / hf['decode_tok_s']:.1f}x faster "
-        f"({lc['decode_tok_s']:.1f} vs {hf['decode_tok_s']:.1f} tok/s) and loads {hf['load_s'] / lc['load_s']:.0f}x faster "
+        f"({lc['decode_tok_s']:.1f} vs {hf['decode_tok_s']:.1f} tok/s) and loads "
+        f"{hf['load_s'] / lc['load_s']:.0f}x faster "
         f"({lc['load_s']:.1f} vs {hf['load_s']:.1f} s) than transformers on {path.name}"
     )
 

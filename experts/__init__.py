@@ -29,7 +29,15 @@ from experts.registry import create_expert, get_expert_class, list_experts, regi
 from experts.weights import WeightsRef, is_offline, resolve_weights
 
 # Importing the modules registers the experts.
-from experts import captioner, clip, color_histogram, dense_captioner, detector, dinov2, timm_encoder  # noqa: E402,F401  isort: skip
+from experts import (  # noqa: E402,F401  isort: skip
+    captioner,
+    clip,
+    color_histogram,
+    dense_captioner,
+    detector,
+    dinov2,
+    timm_encoder,
+)
 
 __all__ = [
     "Caption",

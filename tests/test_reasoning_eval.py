@@ -131,3 +131,34 @@ def test_color_histogram_sees_the_shape_not_the_background():
     }
     with pytest.raises(ConfigError):
         create_expert("color_histogram", bins=1)
+
+
+def test_classify_few_shot_states_every_classifier_and_what_it_ruled_out():
+    from types import SimpleNamespace
+
+    class Fixed:
+        def __init__(self, probabilities):
+            self.classnames, self.probabilities = tuple(probabilities), probabilities
+
+        def predict(self, images):
+            top = max(self.probabilities, key=self.probabilities.get)
+            return [SimpleNamespace(label=top, probabilities=self.probabilities, error=None) for _ in images]
+
+    toolbox = ExpertToolbox(
+        classifiers={
+            "shape": Fixed({"circle": 0.90, "rectangle": 0.08, "triangle": 0.02}),
+            "color": Fixed({"blue": 0.004, "red": 0.99, "teal": 0.006}),
+        }
+    )
+    (tool,) = toolbox.tools_for("x.png")
+    assert tool.name == "classify_few_shot" and tool.args == {}
+    assert "shape (circle, rectangle, triangle); color (blue, red, teal)" in tool.description
+    message = tool.invoke({"type": "tool_call", "name": "classify_few_shot", "args": {}, "id": "c0"})
+    assert message.content == (
+        "Few-shot shape classifier: the shape is circle (0.90). Less likely: rectangle (0.08). "
+        "No other shape scored 0.05 or more.\n"
+        "Few-shot color classifier: the color is red (0.99). No other color scored 0.05 or more."
+    )
+    assert "blue" not in message.content  # a colour ruled out is never named: small models read it as present
+    evidence = message.artifact["evidence"]
+    assert evidence["type"] == "few_shot" and evidence["classifiers"]["color"]["labels"][0] == "red"

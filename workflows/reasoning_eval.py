@@ -21,7 +21,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from html import escape
 from typing import Any
 
@@ -198,10 +198,16 @@ def report_html(
             if not s.get("questions"):
                 continue
             cells = [escape(name), f"{s['accuracy']:.1%}"]
-            cells += [f"{s['per_kind'].get(k, float('nan')):.1%} <span class='meta'>({s['per_kind_n'].get(k, 0)})</span>"
-                      for k in kinds]
-            cells += [f"{s['median_s']:.2f}", f"{s['p90_s']:.2f}", f"{s['model_calls']:.2f}",
-                      f"{s['tool_calls']:.2f}", f"{s['unparseable']:.1%}"]
+            for k in kinds:
+                share, n_kind = s["per_kind"].get(k, float("nan")), s["per_kind_n"].get(k, 0)
+                cells.append(f"{share:.1%} <span class='meta'>({n_kind})</span>")
+            cells += [
+                f"{s['median_s']:.2f}",
+                f"{s['p90_s']:.2f}",
+                f"{s['model_calls']:.2f}",
+                f"{s['tool_calls']:.2f}",
+                f"{s['unparseable']:.1%}",
+            ]
             table.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append("".join(table) + "</table>")
         for name, rows in by_run.items():
@@ -247,7 +253,9 @@ def _thumb(image: str) -> str:
 def rows_to_json(runs: Mapping[str, Mapping[str, Sequence[EvalRow]]]) -> str:
     """Every row of every run (traces included) and each run's summary, as JSON."""
     data = {
-        set_name: {name: {"summary": summarize(rows), "rows": [r.to_dict() for r in rows]} for name, rows in by_run.items()}
+        set_name: {
+            name: {"summary": summarize(rows), "rows": [r.to_dict() for r in rows]} for name, rows in by_run.items()
+        }
         for set_name, by_run in runs.items()
     }
     return json.dumps(data, indent=1, default=str)
