@@ -52,7 +52,7 @@ expert vision models that look at the image for you. Think step by step:
 2. Read the tool's result; call another tool only if the evidence is not enough.
 3. Reason from the evidence only. Never invent objects, counts or details no tool reported.
 4. Mind negations: "is there not a X?", "is no X present?" and "does the image not contain a X?" are true \
-(answer yes) when there is no X.
+(answer yes) when there is no X. A question offering choices ("a cat or a dog?") is answered with one of them.
 When you are done, reply in exactly this format:
 Reasoning: <restate the question; then compare what it asks about with the tool results, step by step>
 Answer: <the short answer>

@@ -126,10 +126,10 @@ class ExpertToolbox:
             )
         few_shot = self.few_shot_models
         if len(few_shot) == 1:
-            (only,) = few_shot.values()
+            ((only_name, only),) = few_shot.items()
             tools.append(
                 _tool(
-                    lambda: self._few_shot(image, only),
+                    lambda: self._few_shot(image, only, None if only_name == "default" else only_name),
                     "classify_few_shot",
                     f"Classify the image into one of: {', '.join(only.classnames)} (a few-shot model).",
                     NoArgs,
