@@ -29,6 +29,12 @@ arguments is called by the planner itself and its result opens the conversation 
 forced to call it, wrote a JSON schema into the empty arguments); one with arguments is
 forced as the model's first call.
 
+Some servers refuse a forced tool choice (llama-cpp-python's OpenAI server answers HTTP
+500; some vLLM/TGI configurations 400): the guard then asks again with ``"auto"`` plus an
+instruction to call a tool, notes the retry in the trace, and skips forcing for the rest
+of the planner's life. Any other failure of the model or its server becomes one
+:class:`~experts.errors.ChatModelError` saying which model failed, why, and what to try.
+
 With ``rules=True``, counting and presence questions about detector classes are answered
 without the LLM (see :mod:`agents.rules`), and the trace says so (``mode="rule"``).
 """
@@ -52,7 +58,7 @@ from agents import rules
 from agents.chat.factory import model_note, reply_cap
 from agents.tools import ExpertToolbox
 from agents.trace import Step, Trace
-from experts.errors import ExpertRunError
+from experts.errors import ChatModelError, ExpertBridgeError, ExpertRunError
 from experts.images import ImageSource
 
 SYSTEM_PROMPT = """You answer questions about an image you cannot see directly. You have tools: \
@@ -60,14 +66,18 @@ expert vision models that look at the image for you. Think step by step:
 1. Decide which tool gives the evidence the question needs, and call it.
 2. Read the tool's result; call another tool only if the evidence is not enough.
 3. Reason from the evidence only. Never invent objects, counts or details no tool reported.
+4. Mind negations: "is there not a X?", "is no X present?" and "does the image not contain a X?" are true \
+(answer yes) when there is no X. A question offering choices ("a cat or a dog?") is answered with one of them.
 When you are done, reply in exactly this format:
-Reasoning: <your step-by-step reasoning, citing the tool results>
+Reasoning: <restate the question; then compare what it asks about with the tool results, step by step>
 Answer: <the short answer>
 Evidence: <the names of the tools whose results you used, comma-separated>"""
 
 ANSWER_NOW = "Tool budget used up. Answer now from the evidence above, in the required format."
-
-T = TypeVar("T")
+#: Sent (with the tools withdrawn) when the model asks again for a result it already has.
+ANSWER_FROM_EVIDENCE = "You already have that tool's result above. Answer now from it, in the required format."
+#: Sent instead of a forced tool choice to servers that refuse one.
+CALL_A_TOOL = "You cannot see the image yourself. First call one of the tools to look at it; answer only after that."
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ class Planner:
     ) -> None:
         self.model, self.toolbox, self.limits, self.system_prompt = model, toolbox, limits, system_prompt
         self.rules, self.look_first, self.first_tool = rules, look_first, first_tool
+        self.quirks = ModelQuirks()  # what this planner learned about its model's server
 
     @property
     def model_name(self) -> str:
@@ -136,7 +147,8 @@ class Planner:
                 return result
         tools = self.toolbox.tools_for(image)
         first = next((t for t in tools if t.name == self.first_tool), None)
-        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, "any" if self.look_first else None)
+        look = "any" if self.look_first else None
+        guard = _Guard(trace, self.limits, {t.name for t in tools}, start, look, self.quirks, self.model_name)
         messages: list = [HumanMessage(question)]
         if first is not None and not first.args:
             messages += self._first_look(first, trace, start)
@@ -201,15 +213,30 @@ class Planner:
         return ReasoningResult(answer, rationale, ["detect_objects"], trace)
 
 
+@dataclass
+class ModelQuirks:
+    """What the planner learned about its model's server, kept across runs."""
+
+    refuses_forced_choice: bool = False
+
+
 class _Guard(AgentMiddleware):
     """Limits, tool allow-list, error feedback and tracing around every model and tool call."""
 
     def __init__(
-        self, trace: Trace, limits: PlannerLimits, allowed: set[str], start: float, look_first: str | None
+        self,
+        trace: Trace,
+        limits: PlannerLimits,
+        allowed: set[str],
+        start: float,
+        look_first: str | None,
+        quirks: ModelQuirks | None = None,
+        model_name: str = "chat model",
     ) -> None:
         super().__init__()
         # look_first: the tool_choice of the first model call ("any" or a tool name); None = the model decides
         self.trace, self.limits, self.allowed, self.start, self.look_first = trace, limits, allowed, start, look_first
+        self.quirks, self.model_name = quirks or ModelQuirks(), model_name
         self.tokens = 0
         self.tool_calls = 0
         self.exceeded: str | None = None  # set when a call overran the time budget and was abandoned
@@ -245,15 +272,37 @@ class _Guard(AgentMiddleware):
             request = request.override(tools=[], messages=[*request.messages, HumanMessage(ANSWER_NOW)])
         elif model_calls == 0 and self.look_first and request.tools:
             # The model cannot see the image: its first move must be to look (small models otherwise guess).
-            request = request.override(tool_choice=self.look_first)
+            if self.quirks.refuses_forced_choice:
+                request = _ask_for_a_call(request)
+            else:
+                request = request.override(tool_choice=self.look_first)
         cap = reply_cap(request.model, self.limits.max_reply_tokens)
         if cap:
             request = request.override(model_settings={**request.model_settings, **cap})
+        response = self._timed_call(request, handler)
+        if response is None:
+            return self._stop(self._overran("the model call"))
+        message = _last_ai(response)
+        if message.tool_calls and request.tools and all(self._already_answered(c) for c in message.tool_calls):
+            # Small models loop, asking again for evidence they already have: ask for the answer instead.
+            repeated = ", ".join(f"{c['name']}({c['args']})" for c in message.tool_calls)
+            self.trace.steps.append(
+                Step("retry", self._elapsed(), 0.0, content=f"the model repeated {repeated}; asked it to answer")
+            )
+            request = request.override(tools=[], messages=[*request.messages, HumanMessage(ANSWER_FROM_EVIDENCE)])
+            response = self._timed_call(request, handler)
+            if response is None:
+                return self._stop(self._overran("the model call"))
+        return response
+
+    def _timed_call(self, request: ModelRequest, handler) -> ModelResponse | None:
+        """One model call within the time left, recorded in the trace and counted against the token budget;
+        ``None`` when it overran the budget (it is abandoned)."""
         t0 = time.perf_counter()
         try:
-            response = run_with_deadline(lambda: handler(request), self._remaining())
+            response = self._call_model(request, handler)
         except TimeoutError:
-            return self._stop(self._overran("the model call"))
+            return None
         seconds = time.perf_counter() - t0
         replies = [i for i, m in enumerate(response.result) if isinstance(m, AIMessage)]
         message = response.result[replies[-1]] if replies else AIMessage("")
@@ -283,6 +332,38 @@ class _Guard(AgentMiddleware):
             )
         )
         return response
+
+    def _already_answered(self, call: dict) -> bool:
+        """Did a tool already answer exactly this call (same tool, same arguments) in this run?"""
+        args = dict(call.get("args") or {})
+        return any(s.tool == call["name"] and s.arguments == args and s.error is None for s in self.trace.tool_steps)
+
+    def _call_model(self, request: ModelRequest, handler) -> ModelResponse:
+        """``handler(request)`` within the time left (``TimeoutError`` past it); a refused forced tool choice
+        is retried once with ``auto``; any other failure of the model or its server is one ChatModelError."""
+        try:
+            return run_with_deadline(lambda: handler(request), self._remaining())
+        except (ExpertBridgeError, TimeoutError):
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the provider raises, the user gets one clear line
+            if not (_is_forced(request.tool_choice) and refuses_forced_choice(err)):
+                raise model_failure(self.model_name, err) from err
+            self.quirks.refuses_forced_choice = True
+            self.trace.steps.append(
+                Step(
+                    "retry",
+                    self._elapsed(),
+                    0.0,
+                    content=f"the server refused tool_choice={request.tool_choice!r} ({_first_line(err)}); "
+                    "asked again with tool_choice='auto' and an instruction to call a tool",
+                )
+            )
+        try:
+            return run_with_deadline(lambda: handler(_ask_for_a_call(request)), self._remaining())
+        except (ExpertBridgeError, TimeoutError):
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise model_failure(self.model_name, err) from err
 
     def wrap_tool_call(self, request: ToolCallRequest, handler) -> ToolMessage:
         call = request.tool_call
@@ -350,6 +431,68 @@ def _cut(message: AIMessage, limit: int) -> tuple[AIMessage, str]:
     cut = text[:head] + marker + (text[-tail:] if tail else "")
     note = f"reply of {len(text):,} characters cut to {len(cut):,} (max_reply_chars={limit})"
     return message.model_copy(update={"content": cut}), note
+
+
+def _last_ai(response: ModelResponse) -> AIMessage:
+    return next((m for m in reversed(response.result) if isinstance(m, AIMessage)), AIMessage(""))
+
+
+def _is_forced(tool_choice: Any) -> bool:
+    return tool_choice not in (None, False, "auto", "none")
+
+
+def _ask_for_a_call(request: ModelRequest) -> ModelRequest:
+    """The request without a forced choice, with an instruction to call a tool instead."""
+    return request.override(tool_choice="auto", messages=[*request.messages, HumanMessage(CALL_A_TOOL)])
+
+
+def refuses_forced_choice(err: BaseException) -> bool:
+    """Does ``err`` look like a server rejecting a forced ``tool_choice`` (rather than being down)?
+
+    An HTTP error answer (400, 422, 500, 501: what llama-cpp-python, vLLM and TGI send) or an
+    error that names ``tool_choice``; never a connection failure or a timeout.
+    """
+    status = getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
+    if status in (400, 422, 500, 501):
+        return True
+    return "tool_choice" in str(err) and not _is_connection_error(err)
+
+
+def model_failure(model_name: str, err: BaseException) -> ChatModelError:
+    """One line for the user: which model failed, why, and what to try."""
+    status = getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
+    if _is_connection_error(err):
+        hint = "is the server running and reachable at the base URL? (or use a local model: --model auto)"
+    elif "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower():
+        hint = "the server did not answer in time; try a smaller model or a longer timeout"
+    elif status in (401, 403):
+        hint = "check the API key (OPENAI_API_KEY or the provider's key variable)"
+    elif status == 404:
+        hint = "check the model name and the base URL (it usually ends in /v1)"
+    elif isinstance(status, int) and status >= 500:
+        hint = "the server failed on this request; its log says why"
+    else:
+        hint = "check the --model spec, or try another model"
+    code = f"HTTP {status} " if isinstance(status, int) else ""
+    return ChatModelError(f"chat model {model_name} failed: {code}{type(err).__name__}: {_first_line(err)} — {hint}")
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        name = type(e).__name__
+        if isinstance(e, ConnectionError) or "Connect" in name or "ConnectionError" in name:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 300 else line[:300] + "…"
 
 
 def _tool_step(message: ToolMessage, name: str, args: dict, started: float, seconds: float) -> Step:

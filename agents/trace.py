@@ -15,14 +15,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-StepKind = Literal["model", "tool", "rule", "limit"]
+StepKind = Literal["model", "tool", "rule", "limit", "retry"]
 
 _WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")  # words and numbers (counts, scores) of a text
 
 
 @dataclass
 class Step:
-    """One event. ``kind``: a model call, a tool call, a rule-based (no-LLM) answer, or a limit that stopped the run."""
+    """One event. ``kind``: a model call, a tool call, a rule-based (no-LLM) answer, a limit that stopped
+    the run, or a retry (the model's server refused a request, and how it was asked again)."""
 
     kind: StepKind
     started: float  # seconds since the run started

@@ -21,6 +21,7 @@ _EXPORTS = {
     "FeatureExpert": "base",
     "ItemResult": "base",
     "ConfigError": "errors",
+    "ChatModelError": "errors",
     "ExpertBridgeError": "errors",
     "ExpertRunError": "errors",
     "ImageError": "errors",
@@ -67,6 +68,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static tools should see; at run time __getattr__ imports these on first use
     from experts.base import Expert, FeatureExpert, ItemResult  # noqa: F401
     from experts.errors import (  # noqa: F401
+        ChatModelError,
         ConfigError,
         ExpertBridgeError,
         ExpertRunError,

@@ -37,3 +37,7 @@ class ConfigError(ExpertBridgeError, ValueError):
 
 class ExpertRunError(ExpertBridgeError, RuntimeError):
     """An expert failed on an input that decoded fine (e.g. the model raised)."""
+
+
+class ChatModelError(ExpertBridgeError, RuntimeError):
+    """A chat model or its server failed (the message says which, why, and what to try)."""

@@ -18,7 +18,15 @@ from experts.errors import ConfigError
 _REGISTRY: dict[str, type] = {}
 #: Modules whose import registers the built-in experts (imported on the registry's first use, not
 #: when ``experts`` is imported: the command line's ``--help`` must not pay for torch).
-BUILTIN_EXPERT_MODULES = ("captioner", "clip", "dense_captioner", "detector", "dinov2", "timm_encoder")
+BUILTIN_EXPERT_MODULES = (
+    "captioner",
+    "clip",
+    "color_histogram",
+    "dense_captioner",
+    "detector",
+    "dinov2",
+    "timm_encoder",
+)
 
 T = TypeVar("T", bound=type)
 

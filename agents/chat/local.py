@@ -57,7 +57,9 @@ from agents.chat.toolcalls import (
     PLACEHOLDER,
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
-    parse_tool_calls,
+    choice_is_none,
+    forced_choice,
+    parse_reply,
     render_tool_prompt,
     to_chat_dicts,
     to_prompt_dicts,
@@ -350,8 +352,8 @@ class LocalChatModel(BaseChatModel):
         tool_choice: str | dict | bool | None,
     ) -> tuple[str, str]:
         """(prompt text, pre-filled start of the reply — already part of the prompt)."""
-        forced = _forced_choice(tool_choice, tools)
-        if _choice_is_none(tool_choice):
+        forced = forced_choice(tool_choice, tools)
+        if choice_is_none(tool_choice):
             tools = None
         tools = list(tools or [])
         if forced not in (None, "any"):
@@ -389,7 +391,7 @@ class LocalChatModel(BaseChatModel):
 
         tools = kwargs.pop("tools", None)
         tool_choice = kwargs.pop("tool_choice", None)
-        if _choice_is_none(tool_choice):
+        if choice_is_none(tool_choice):
             tools = None
         prompt, prefill = self._render(messages, tools, tool_choice)
         prompt_tools = bool(tools) and not self._uses_native_tools()
@@ -439,14 +441,7 @@ class LocalChatModel(BaseChatModel):
         text = raw if hit_stop is None else raw[:hit_stop]
         ended_on_eos = n_out > 0 and int(new_ids[-1]) in set(gen["eos_token_id"] or [])
 
-        first_id = sum(len(getattr(m, "tool_calls", None) or []) for m in messages)
-        reply = prefill + text
-        opts = {"tools": tools or [], "first_id": first_id, "placeholder": PLACEHOLDER if prompt_tools else None}
-        parsed = parse_tool_calls(reply, **opts)
-        if parsed.tool_calls and prompt_tools and TOOL_CALL_CLOSE in reply:
-            # Text after the last call is the model imagining the results: drop it.
-            reply = reply[: reply.rindex(TOOL_CALL_CLOSE) + len(TOOL_CALL_CLOSE)]
-            parsed = parse_tool_calls(reply, **opts)
+        parsed = parse_reply(prefill + text, tools, messages, placeholder=PLACEHOLDER if prompt_tools else None)
         if parsed.tool_calls:
             finish = "tool_calls"
         elif hit_stop is not None or ended_on_eos or n_out < max_new:
@@ -506,29 +501,6 @@ def _gguf_load_speedups() -> Iterator[None]:
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader_cls, name_map
         readers.clear()
-
-
-def _forced_choice(tool_choice: Any, tools: Sequence[dict[str, Any]] | None) -> str | None:
-    """``"any"``, a tool name, or None (the model may answer in text)."""
-    if not tools or tool_choice in (None, False, "auto", "none"):
-        return None
-    if tool_choice is True or tool_choice in ("any", "required"):
-        return "any" if len(tools) > 1 else tools[0]["function"]["name"]
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
-        if not name:
-            raise ConfigError(
-                f"tool_choice={tool_choice!r}: expected {{'type': 'function', 'function': {{'name': ...}}}}"
-            )
-        tool_choice = name
-    names = [t["function"]["name"] for t in tools]
-    if tool_choice not in names:
-        raise ConfigError(f"tool_choice={tool_choice!r} is not a bound tool; bound: {names}")
-    return str(tool_choice)
-
-
-def _choice_is_none(tool_choice: Any) -> bool:
-    return tool_choice == "none" or tool_choice is False
 
 
 def _eos_ids(tok: Any, net: Any) -> list[int]:

@@ -27,8 +27,9 @@ plain text in the roles every template knows, in the Hermes / Qwen2.5 convention
 
 **Parsing** (:func:`parse_tool_calls`) accepts what models actually write:
 ``<tool_call>`` blocks holding one JSON object or a JSON list of them (SmolLM2's own
-format), an unterminated last block (generation stopped), a bare JSON object with
-``name`` and ``arguments`` (or ``parameters``), a JSON list of those, code fences,
+format), an unterminated last block (generation stopped), bare JSON objects with
+``name`` and ``arguments`` (or ``parameters``) anywhere in the reply, JSON lists of
+those, ```` ```json ```` fences around either (Qwen2.5-Coder writes its calls so),
 OpenAI-shaped ``{"function": {...}}`` objects and stringified arguments. Arguments are
 fitted to the tool's schema (:func:`conform_arguments`: ``"person"`` where a list is
 expected becomes ``["person"]``, junk in an optional argument is dropped, each change
@@ -60,6 +61,8 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call
+
+from experts.errors import ConfigError
 
 #: Appended to the system message when the chat template cannot render ``tools``.
 #: Plain text (no ``str.format`` escaping): ``{tools}`` becomes one JSON function schema
@@ -234,6 +237,38 @@ def to_prompt_dicts(
     return out
 
 
+# --------------------------------------------------------------------------- tool_choice
+
+
+def forced_choice(tool_choice: Any, tools: Sequence[dict[str, Any]] | None) -> str | None:
+    """The call ``tool_choice`` requires: ``"any"``, a tool name, or None (the model may answer in text).
+
+    ``True``, ``"any"`` and ``"required"`` mean "some tool" (the tool's name when only one is
+    bound); a name or an OpenAI ``{"type": "function", "function": {"name": ...}}`` dict
+    must name a bound tool (else :class:`ConfigError`).
+    """
+    if not tools or tool_choice in (None, False, "auto", "none"):
+        return None
+    if tool_choice is True or tool_choice in ("any", "required"):
+        return "any" if len(tools) > 1 else tools[0]["function"]["name"]
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        if not name:
+            raise ConfigError(
+                f"tool_choice={tool_choice!r}: expected {{'type': 'function', 'function': {{'name': ...}}}}"
+            )
+        tool_choice = name
+    names = [t["function"]["name"] for t in tools]
+    if tool_choice not in names:
+        raise ConfigError(f"tool_choice={tool_choice!r} is not a bound tool; bound: {names}")
+    return str(tool_choice)
+
+
+def choice_is_none(tool_choice: Any) -> bool:
+    """``tool_choice="none"`` (or False): the tools are withdrawn for this call."""
+    return tool_choice == "none" or tool_choice is False
+
+
 # --------------------------------------------------------------------------- text → tool calls
 
 
@@ -320,14 +355,19 @@ def parse_tool_calls(
         kept.append(text[pos:])
         return ParsedReply(_tidy("".join(kept)), calls, invalid, repairs)
 
-    # No tags: the whole reply, or one JSON value inside it, may be a bare call.
+    # No tags: bare JSON calls anywhere in the reply, each possibly in its own ```json fence
+    # (Qwen2.5-Coder writes them that way). A fence around an accepted call goes with it.
+    kept = []
+    pos = 0
     for start, end, objs in _json_values(text):
-        if _looks_like_call(objs):
-            raw = text[start:end]
-            if accept(raw, objs):
-                return ParsedReply(_tidy(text[:start] + text[end:]), calls, invalid, repairs)
-            return ParsedReply(text.strip(), calls, invalid)
-    return ParsedReply(text.strip(), calls, invalid)
+        if not _looks_like_call(objs):
+            continue
+        if accept(text[start:end], objs):
+            start, end = _widen_to_fence(text, start, end)
+            kept.append(text[pos:start])
+            pos = end
+    kept.append(text[pos:])
+    return ParsedReply(_tidy("".join(kept)), calls, invalid, repairs)
 
 
 def _schemas(tools: Iterable[Any] | None) -> dict[str, dict[str, Any]] | None:
@@ -544,6 +584,19 @@ def _json_values(text: str) -> Iterable[tuple[int, int, Any]]:
             i += 1
 
 
+_FENCE_BEFORE = re.compile(r"```[a-zA-Z]*[ \t]*\n?[ \t]*\Z")
+_FENCE_AFTER = re.compile(r"[ \t]*\n?[ \t]*```")
+
+
+def _widen_to_fence(text: str, start: int, end: int) -> tuple[int, int]:
+    """``text[start:end]`` grown to the code fence that holds exactly it, if there is one."""
+    before = _FENCE_BEFORE.search(text, 0, start)
+    after = _FENCE_AFTER.match(text, end)
+    if before and after:
+        return before.start(), after.end()
+    return start, end
+
+
 def _load_json(body: str) -> Any:
     """JSON, or a Python literal with single quotes / True / None (what small models often write)."""
     try:
@@ -571,3 +624,37 @@ def _strip_fence(text: str) -> str:
 
 def _tidy(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def parse_reply(
+    reply: str,
+    tools: Sequence[Mapping[str, Any]] | None,
+    history: Sequence[BaseMessage],
+    *,
+    placeholder: str | None = None,
+) -> ParsedReply:
+    """A local model's generated ``reply`` → content and tool calls, as one chat turn.
+
+    Ids continue the numbering of the calls already in ``history``. When the reply holds
+    tagged calls, text after the last ``</tool_call>`` is dropped: it is the model
+    imagining the results. A call repeated verbatim in the same reply counts once.
+    """
+    first_id = sum(len(getattr(m, "tool_calls", None) or []) for m in history)
+    opts: dict[str, Any] = {"tools": list(tools or []), "first_id": first_id, "placeholder": placeholder}
+    parsed = parse_tool_calls(reply, **opts)
+    if parsed.tool_calls and TOOL_CALL_CLOSE in reply:
+        end = reply.rindex(TOOL_CALL_CLOSE) + len(TOOL_CALL_CLOSE)
+        if reply[end:].strip():
+            parsed = parse_tool_calls(reply[:end], **opts)
+    # The same call written twice in one reply (small models stutter) is one call.
+    seen: set[str] = set()
+    unique = []
+    for call in parsed.tool_calls:
+        key = json.dumps([call["name"], call["args"]], sort_keys=True, default=str)
+        if key in seen:
+            parsed.repairs.append(f"{call['id']} {call['name']}: dropped, a repeat of an earlier call in this reply")
+        else:
+            seen.add(key)
+            unique.append(call)
+    parsed.tool_calls = unique
+    return parsed

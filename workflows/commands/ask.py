@@ -34,10 +34,11 @@ def ask_cmd(
     model: Annotated[
         str,
         typer.Option(
-            help="chat model: local (SmolLM2-135M, a small demo model), local:PATH|HUB_ID, ollama:NAME, "
+            help="chat model: auto (the best offline model installed: Qwen2.5-Coder 1.5B/0.5B through llama.cpp, "
+            "else SmolLM2-135M, a small demo model), llamacpp:PRESET|FILE.gguf, local[:PATH|HUB_ID], ollama:NAME, "
             "openai-compatible:URL|NAME, provider:NAME (e.g. openai:gpt-4o-mini)"
         ),
-    ] = "local",
+    ] = "auto",
     experts: Annotated[
         str, typer.Option(help="comma-separated tools: yolo, captioner, dense_captioner, clip")
     ] = "yolo",
@@ -55,7 +56,7 @@ def ask_cmd(
 
     from agents.planner import PlannerLimits
     from agents.trace_html import answer_label, trace_to_html
-    from experts import ConfigError
+    from experts import ConfigError, ExpertBridgeError
     from workflows.reasoning import Reasoner
 
     try:
@@ -68,6 +69,8 @@ def ask_cmd(
             bridge=bridge,
         )
         result = reasoner.ask(image, question)
+    except ExpertBridgeError:
+        raise  # one line, exit 2, from the CLI root (a ChatModelError names the model, the cause, what to try)
     except Exception as err:  # a model server that is down or refuses us: say which, and what to try
         line = server_failure(err, what=f"the chat model {model}", hint=_server_hint(model))
         if line is None:

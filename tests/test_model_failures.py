@@ -1,0 +1,152 @@
+"""Model and server failures: a refused forced tool choice is retried with "auto"; everything else is one clear line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatResult
+from typer.testing import CliRunner
+
+from agents.chat import ScriptedChatModel
+from agents.planner import CALL_A_TOOL, Planner, model_failure, refuses_forced_choice
+from agents.tools import ExpertToolbox
+from experts.errors import ChatModelError
+
+
+class FakeHTTPError(Exception):
+    """Shaped like openai.APIStatusError: a status code and a message."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class FakeConnectError(Exception):
+    """Shaped like openai.APIConnectionError."""
+
+
+@dataclass
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+    error: str | None = None
+
+
+@dataclass
+class ShapeClassifier:
+    """A stand-in for a fitted FewShotClassifier: always 'circle'."""
+
+    classnames: tuple[str, ...] = ("circle", "rectangle", "triangle")
+    calls: list[Any] = field(default_factory=list)
+
+    def predict(self, images):
+        self.calls.append(list(images))
+        return [Prediction("circle", {"circle": 0.9, "rectangle": 0.06, "triangle": 0.04}) for _ in images]
+
+
+class RefusesForcedChoice(ScriptedChatModel):
+    """llama-cpp-python's OpenAI server: HTTP 500 whenever tool_choice is not "auto"."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        choice = kwargs.get("tool_choice")
+        if choice not in (None, "auto", "none"):
+            self.tool_choices.append(choice)
+            raise FakeHTTPError(500, "Internal Server Error")
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+class Unreachable(ScriptedChatModel):
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        raise FakeConnectError("Connection error.")
+
+
+ANSWER = "Reasoning: the classifier says circle.\nAnswer: circle\nEvidence: classify_few_shot"
+
+
+def script() -> list:
+    return [{"tool": "classify_few_shot", "args": {}}, ANSWER]
+
+
+def test_a_refused_forced_choice_is_retried_with_auto_and_an_instruction():
+    model = RefusesForcedChoice(steps=script() * 2)
+    planner = Planner(model, ExpertToolbox(classifier=ShapeClassifier()))
+    result = planner.run("img.png", "What shape is in the image?")
+    assert result.answer == "circle"
+    kinds = [s.kind for s in result.trace.steps]
+    assert kinds == ["retry", "model", "tool", "model"]
+    assert "refused tool_choice='any'" in result.trace.steps[0].content
+    first = model.calls[0]  # what the model saw on the retried first turn
+    assert isinstance(first[-1], HumanMessage) and first[-1].content == CALL_A_TOOL
+    assert model.tool_choices[:2] == ["any", "auto"]
+
+    # The planner remembers: the next question goes straight to "auto" + instruction, no failed request.
+    again = planner.run("img.png", "What shape is in the image?")
+    assert [s.kind for s in again.trace.steps] == ["model", "tool", "model"]
+    assert model.tool_choices == ["any", "auto", None, "auto", None]
+
+
+def test_an_unreachable_server_is_one_clear_error_and_not_retried():
+    model = Unreachable(steps=script())
+    planner = Planner(model, ExpertToolbox(classifier=ShapeClassifier()))
+    with pytest.raises(ChatModelError) as info:
+        planner.run("img.png", "What shape?")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("chat model expertbridge-scripted:scripted failed: FakeConnectError: Connection error.")
+    assert "is the server running" in message
+
+
+@pytest.mark.parametrize(
+    ("err", "refusal"),
+    [
+        (FakeHTTPError(500, "Internal Server Error"), True),  # llama-cpp-python's server
+        (FakeHTTPError(400, "tool_choice 'required' is not supported"), True),  # vLLM without the flag
+        (ValueError("Unrecognized tool_choice type"), True),
+        (FakeConnectError("Connection error."), False),
+        (FakeHTTPError(401, "bad key"), False),
+        (TimeoutError("timed out"), False),
+    ],
+)
+def test_what_counts_as_a_refusal(err, refusal):
+    assert refuses_forced_choice(err) is refusal
+
+
+@pytest.mark.parametrize(
+    ("err", "hint"),
+    [
+        (FakeHTTPError(404, "model 'qwen' not found"), "check the model name"),
+        (FakeHTTPError(401, "invalid api key"), "check the API key"),
+        (FakeHTTPError(503, "overloaded\nTraceback (most recent call last): ..."), "its log says why"),
+        (TimeoutError("Request timed out."), "did not answer in time"),
+    ],
+)
+def test_failures_name_the_model_the_cause_and_what_to_try(err, hint):
+    message = str(model_failure("openai-compatible:qwen", err))
+    assert message.startswith("chat model openai-compatible:qwen failed: ")
+    assert hint in message and "\n" not in message and "Traceback" not in message
+
+
+def test_ask_reports_a_dead_server_in_one_line(bus_jpg, yolo_weights, monkeypatch, tmp_path):
+    """A real connection refused on 127.0.0.1 (nothing listens on port 9): one line, exit 1, no traceback."""
+    from workflows.cli import app
+
+    monkeypatch.setenv("EXPERTBRIDGE_STORE_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("EXPERTBRIDGE_YOLO_WEIGHTS", str(yolo_weights))
+    result = CliRunner().invoke(
+        app,
+        ["ask", str(bus_jpg), "How many people?", "--model", "openai-compatible:http://127.0.0.1:9/v1|qwen"],
+    )
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: chat model openai-chat:qwen failed: ")
+    assert "is the server running" in lines[0] and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_scripted_steps_still_work_with_the_guard():
+    model = ScriptedChatModel(steps=[AIMessage("Answer: no tools needed")])
+    result = Planner(model, ExpertToolbox(), look_first=False).run("img.png", "Hi?")
+    assert result.answer == "no tools needed"
