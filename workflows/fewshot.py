@@ -31,7 +31,7 @@ from torchvision import transforms
 
 from cache.adapter import AdaptiveCache
 from cache.gda import GDAHead, fit_gda
-from cache.linear import LINEAR_CS, LinearHead, fit_linear, search_linear_c
+from cache.linear import LINEAR_CS, LinearHead, fit_linear, search_linear
 from cache.search import GDA_ALPHAS, SearchResult, accuracy, search_alpha_beta, search_gda_alpha
 from cache.store import FeatureStore
 from cache.training import train_keys
@@ -155,6 +155,7 @@ class FewShotClassifier:
         self.gda_alpha = 1.0
         self.linear: LinearHead | None = None
         self.linear_c = 1.0
+        self.linear_samples = "views"
         #: the head that makes predictions: ``method``, or for ``"auto"`` the one chosen on validation
         self.head = method if method != "auto" else "cache"
         self.report: dict[str, Any] = {}
@@ -333,11 +334,15 @@ class FewShotClassifier:
         if method == "linear":
             num = len(self.classnames)
             if has_val:
-                self.linear, self.linear_c, val_acc = search_linear_c(
-                    samples, sample_labels, num, self._concat(val_feats), val_labels
-                )
+                # the plain images or every view as samples: validation decides (views helped on none of our sets)
+                candidates = {"plain": (self._concat({n: v[0] for n, v in views.items()}), labels)}
+                if next(iter(views.values())).shape[0] > 1:
+                    candidates["views"] = (samples, sample_labels)
+                self.linear, choice, val_acc = search_linear(candidates, num, self._concat(val_feats), val_labels)
+                self.linear_c, self.linear_samples = float(choice["C"]), str(choice["samples"])
                 self.report[where] = {
                     "linear_c": self.linear_c,
+                    "linear_samples": self.linear_samples,
                     "val_accuracy": val_acc,
                     "cs": {"min": min(LINEAR_CS), "max": max(LINEAR_CS), "points": len(LINEAR_CS)},
                 }
@@ -353,7 +358,7 @@ class FewShotClassifier:
         if self.head == "gda":
             return {**chosen, "gda_alpha": self.gda_alpha}
         if self.head == "linear":
-            return {**chosen, "C": self.linear_c}
+            return {**chosen, "C": self.linear_c, "samples": self.linear_samples}
         params: dict[str, float | int | str] = {**chosen, "alpha": self.cache.alpha, "beta": self.cache.beta}
         if "training" in self.report:
             params["best_epoch"] = self.report["training"]["best_epoch"]
@@ -502,6 +507,7 @@ class FewShotClassifier:
             "gda_alpha": self.gda_alpha,
             "head": self.head,
             "linear_c": self.linear_c,
+            "linear_samples": self.linear_samples,
             "clip_branch": self.clip_branch,
             "branches": [{"name": n, "spec": stored_spec(e), "identity": e.identity} for n, e in self.experts.items()],
             "report": self.report,
@@ -582,6 +588,7 @@ class FewShotClassifier:
         if "linear.weight" in tensors:
             clf.linear = LinearHead(tensors["linear.weight"], tensors["linear.bias"])
         clf.linear_c = config.get("linear_c", 1.0)
+        clf.linear_samples = str(config.get("linear_samples", "views"))
         head = config.get("head", clf.method)
         if head not in METHODS or head == "auto":
             raise ConfigError(f"{config_file}: 'head' must be one of {[m for m in METHODS if m != 'auto']}")
