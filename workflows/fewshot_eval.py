@@ -74,7 +74,7 @@ class SweepResult:
             return ""
         best = max(methods, key=self.mean_accuracy)
         base = max(baselines, key=self.mean_accuracy)
-        gap = 100 * (self.mean_accuracy(best) - self.mean_accuracy(base))
+        gap = round(100 * (self.mean_accuracy(best) - self.mean_accuracy(base)), 1)  # the word matches the number
         top = max(r["shots"] for r in self.rows)
         best_top = max(methods, key=lambda m: self.mean_accuracy(m, top))
         base_top = max(baselines, key=lambda m: self.mean_accuracy(m, top))
