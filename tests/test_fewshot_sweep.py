@@ -204,7 +204,8 @@ def test_fewshot_eval_prints_progress_lines_when_piped_and_writes_the_report(dat
     # the default methods (auto, cache, cache-train, gda, linear) and both baselines, 2 shot counts × 2 seeds
     assert re.search(r"^runs: 28/28 fits \(logreg 2-shot seed 1: \d+\.\d%\) \d+ s, done$", res.output, re.M)
     assert "centroid (baseline)" in res.output and "logreg (baseline)" in res.output
-    assert re.search(r"^best method \S+ [\d.]+% \(mean over shot counts\) (beats|ties|LOSES to) the best", res.output, re.M)
+    verdict = r"^best method \S+ [\d.]+% \(mean over shot counts\) (beats|ties|LOSES to) the best"
+    assert re.search(verdict, res.output, re.M), res.output
     assert {p.name for p in report.iterdir()} >= {"report.html", "accuracy_vs_shots.png", "results.json"}
     setup = json.loads((report / "results.json").read_text())["setup"]
     assert setup["augment_views"] == 2 and setup["seeds"] == [0, 1]

@@ -104,7 +104,7 @@ def test_predictions_do_not_depend_on_support_order(splits, efficientnet, store)
     )
 
 
-@pytest.mark.parametrize("method", ["cache", "cache-train", "gda"])
+@pytest.mark.parametrize("method", ["cache", "cache-train", "gda", "linear", "auto"])
 def test_save_then_load_predicts_identically(splits, efficientnet, store, tmp_path, method):
     """A saved classifier (safetensors + JSON, no pickle) re-created from its expert spec predicts the same."""
     support, val, test = few_shot_splits(splits, 2, seed=0)

@@ -8,7 +8,8 @@
 Methods: ``"cache"`` (training-free CaFo/Tip-Adapter cache), ``"cache-train"``
 (learnable keys), ``"gda"`` (closed-form Gaussian head), ``"linear"`` (logistic
 regression on the concatenated features, C chosen on validation), ``"auto"`` (the
-best of cache, gda and linear on validation), ``"zero-shot"`` (the prior alone). The prior is CLIP's zero-shot classifier (from templates or
+best of cache, gda and linear on validation), ``"zero-shot"`` (the prior alone).
+The prior is CLIP's zero-shot classifier (from templates or
 LLM-written class descriptions) when a ``clip`` expert is given; otherwise each
 branch's class prototypes (``prior="prototype"``), so the cache refines a
 nearest-prototype classifier. Fusion ``"auto"`` is CaFo's adaptive ensemble for

@@ -225,7 +225,8 @@ def run_sweep(
             "unreadable": bank.errors,
         }
     )
-    with Progress("runs", len(runs) * (len(methods) + len(BASELINES)), unit="fits", enabled=progress) as bar, _one_thread():
+    fits = len(runs) * (len(methods) + len(BASELINES))
+    with Progress("runs", fits, unit="fits", enabled=progress) as bar, _one_thread():
         for k, seed, (support, val, test) in runs:
             views, labels = bank.support(support)
             val_feats, val_labels, _ = bank.split(val)

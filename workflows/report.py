@@ -116,7 +116,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style></head><body>
 <h1>Few-shot classification — {html.escape(dataset)}</h1>
 <p>Experts: {html.escape(", ".join(experts))}.{html.escape(_setup_line(setup))} Hyper-parameters (the cache's α, β;
-GDA's α; the linear head's C; auto's head) are chosen on a validation split disjoint from the test split; the test split is only scored.
+GDA's α; the linear head's C; auto's head) are chosen on a validation split disjoint from the test split;
+the test split is only scored.
 Baselines on the same features: <b>centroid</b> (nearest class mean of the plain support features) and
 <b>logreg</b> (scikit-learn logistic regression on every support view, C chosen on the same validation split).</p>
 <h2>Test accuracy (mean ± std over seeds)</h2><table><tr><th>method</th>{head}</tr>{body}</table>

@@ -81,7 +81,9 @@ def eval_cmd(
     data: Annotated[Path, typer.Argument(help="dataset: train/ + val/ (+ test/) class folders, or image root")],
     shots: Annotated[str, typer.Option(help="comma-separated shot counts")] = "1,2,4,8,16",
     seeds: Annotated[int, typer.Option(help="runs per shot count")] = 3,
-    methods: Annotated[str, typer.Option(help=f"comma-separated, of {', '.join(METHODS)}")] = "auto,cache,cache-train,gda,linear",
+    methods: Annotated[
+        str, typer.Option(help=f"comma-separated, of {', '.join(METHODS)}")
+    ] = "auto,cache,cache-train,gda,linear",
     experts: ExpertsOpt = "timm",
     clip: ClipOpt = False,
     augment_views: Annotated[
