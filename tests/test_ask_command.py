@@ -58,7 +58,7 @@ def test_an_ollama_model_without_a_server_is_one_line_with_what_to_try(ask_env, 
     monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:9")  # nothing listens on the discard port
     res = runner.invoke(app, ["ask", str(bus_jpg), "How many people?", "--model", "ollama:qwen2.5"])
     assert res.exit_code == 2, res.output
-    assert "could not use the chat model ollama:qwen2.5" in res.output
+    assert "chat model chat-ollama:qwen2.5 failed" in res.output and "Connection refused" in res.output
     assert "ollama serve" in res.output and "ollama pull qwen2.5" in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) <= 3
 

@@ -139,7 +139,7 @@ def test_ask_reports_a_dead_server_in_one_line(bus_jpg, yolo_weights, monkeypatc
         app,
         ["ask", str(bus_jpg), "How many people?", "--model", "openai-compatible:http://127.0.0.1:9/v1|qwen"],
     )
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # a model server failure: one line, exit 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: chat model openai-chat:qwen failed: ")
     assert "is the server running" in lines[0] and "Traceback" not in result.output

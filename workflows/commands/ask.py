@@ -56,7 +56,7 @@ def ask_cmd(
 
     from agents.planner import PlannerLimits
     from agents.trace_html import answer_label, trace_to_html
-    from experts import ConfigError, ExpertBridgeError
+    from experts import ChatModelError, ConfigError, ExpertBridgeError
     from workflows.reasoning import Reasoner
 
     try:
@@ -69,8 +69,11 @@ def ask_cmd(
             bridge=bridge,
         )
         result = reasoner.ask(image, question)
+    except ChatModelError as err:  # the planner says which model failed and why; add what to try for this provider
+        hint = _server_hint(model)
+        raise ChatModelError(f"{err} ({hint})" if hint else str(err)) from err
     except ExpertBridgeError:
-        raise  # one line, exit 2, from the CLI root (a ChatModelError names the model, the cause, what to try)
+        raise  # one line, exit 2, from the CLI root
     except Exception as err:  # a model server that is down or refuses us: say which, and what to try
         line = server_failure(err, what=f"the chat model {model}", hint=_server_hint(model))
         if line is None:
