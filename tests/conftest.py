@@ -99,3 +99,23 @@ def yolo(yolo_weights):
     from experts import create_expert
 
     return create_expert("yolo", weights=str(yolo_weights), device="cpu", offline=True).load()
+
+
+#: Redis DB of the batch and Celery tests (flushed before and after each test that uses it)
+BATCH_REDIS = os.environ.get("EXPERTBRIDGE_TEST_BATCH_REDIS", "redis://127.0.0.1:6379/13")
+
+
+@pytest.fixture
+def redis_db():
+    """A flushed Redis DB for queued jobs and workers: the real server, never a mock broker."""
+    import redis
+
+    client = redis.Redis.from_url(BATCH_REDIS)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"the batch tests need Redis at {BATCH_REDIS} (set EXPERTBRIDGE_TEST_BATCH_REDIS)")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()

@@ -104,21 +104,6 @@ def embedded(tmp_path, primed) -> Jobs:
     return Jobs(_settings(jobs_dir=tmp_path / "jobs", store_dir=tmp_path / "store", batch_chunk_size=4))
 
 
-@pytest.fixture
-def redis_db():
-    import redis
-
-    client = redis.Redis.from_url(TEST_REDIS)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"the batch tests need Redis at {TEST_REDIS} (set EXPERTBRIDGE_TEST_BATCH_REDIS)")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

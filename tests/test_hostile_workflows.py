@@ -214,17 +214,3 @@ def test_queued_batch_submit_fails_each_hostile_item_alone_and_the_worker_surviv
             worker.kill()
         worker_log.close()
 
-
-@pytest.fixture
-def redis_db():
-    import redis
-
-    client = redis.Redis.from_url(TEST_REDIS)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"this test needs Redis at {TEST_REDIS} (set EXPERTBRIDGE_TEST_BATCH_REDIS)")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
