@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -28,15 +29,17 @@ def plot_accuracy_vs_shots(result: SweepResult, path: Path, title: str = "") -> 
         mean = np.array([by_shots[s][0] for s in shots]) * 100
         std = np.array([by_shots[s][1] for s in shots]) * 100
         style = {"linestyle": "--"} if method in BASELINES else {"marker": "o"}
-        ax.plot(shots, mean, label=method, **style)
-        ax.fill_between(shots, mean - std, mean + std, alpha=0.12, color=style.get("color"))
+        (line,) = ax.plot(shots, mean, label=method, **style)
+        # each band in its line's colour, and only the methods' (the baselines' would bury them)
+        if method not in BASELINES:
+            ax.fill_between(shots, mean - std, mean + std, alpha=0.08, color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_xticks(
         sorted({r["shots"] for r in result.rows}), labels=[str(s) for s in sorted({r["shots"] for r in result.rows})]
     )
     ax.set_xlabel("shots per class")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Few-shot accuracy (mean ± std over seeds)")
+    ax.set_title(textwrap.fill(title or "Few-shot accuracy (mean ± std over seeds)", 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
