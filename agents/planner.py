@@ -79,6 +79,8 @@ ANSWER_FROM_EVIDENCE = "You already have that tool's result above. Answer now fr
 #: Sent instead of a forced tool choice to servers that refuse one.
 CALL_A_TOOL = "You cannot see the image yourself. First call one of the tools to look at it; answer only after that."
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class PlannerLimits:

@@ -23,7 +23,7 @@ from experts.base import FeatureExpert
 from experts.registry import register_expert
 from workflows.datasets import few_shot_splits, load_splits
 from workflows.fewshot import FewShotClassifier
-from workflows.fewshot_eval import BASELINE, BASELINES, describe_expert, run_sweep
+from workflows.fewshot_eval import BASELINES, describe_expert, run_sweep
 from workflows.progress import Progress
 from workflows.report import write_fewshot_report
 

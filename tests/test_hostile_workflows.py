@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hostile import HostileCase, write_corpus
 
 from experts.sources import local_path
-from hostile import HostileCase, write_corpus
 
 pytestmark = pytest.mark.slow
 

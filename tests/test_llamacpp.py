@@ -96,9 +96,9 @@ def test_the_qwen_gguf_template_renders_tools_natively_and_writes_tagged_calls(q
 
 
 def test_forced_call_grammars_build_for_the_planner_tools():
-    from llama_cpp import LlamaGrammar
-
     from types import SimpleNamespace
+
+    from llama_cpp import LlamaGrammar
 
     named = {"shape": SimpleNamespace(classnames=("circle",)), "color": SimpleNamespace(classnames=("red",))}
     toolbox = ExpertToolbox(classifiers=named, detector=SimpleNamespace(names={0: "person"}))

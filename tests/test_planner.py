@@ -288,7 +288,8 @@ def test_time_budget_also_bounds_the_rule_path():
     toolbox.detector = types.SimpleNamespace(names={0: "person"})  # the rule path: no LLM, one detector call
     model = ScriptedChatModel(steps=[])
     t0 = time.perf_counter()
-    result = Planner(model, toolbox, rules=True, limits=PlannerLimits(time_budget_s=1.0)).run("x.jpg", "How many people?")
+    planner = Planner(model, toolbox, rules=True, limits=PlannerLimits(time_budget_s=1.0))
+    result = planner.run("x.jpg", "How many people?")
     assert time.perf_counter() - t0 < 1.0 + 1.5
     toolbox.release.set()
     assert result.trace.mode == "rule" and model.calls == []

@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from experts.sources import local_path
-
 from workflows.cli import app
 from workflows.fewshot_eval import SweepResult
 from workflows.rendering import markup, plain

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.keys import feature_key
 from cache.codec import DamagedRecordError, decode_record, encode_record
+from cache.keys import feature_key
 from cache.redis_store import RedisStore
 from cache.store import DirectoryStore
 

@@ -23,13 +23,13 @@ from workflows.cpu_tuning import tune_for_busy_cpus
 
 tune_for_busy_cpus()  # this process and the workers it starts; before torch loads (workflows/cpu_tuning.py)
 
-from workflows.commands import batch as batch_commands
-from workflows.commands import bridge as bridge_commands
-from workflows.commands import fewshot as fewshot_commands
-from workflows.commands.ask import ask_cmd
-from workflows.commands.root import command_group, configure_logging, console, finish, settings_of
-from workflows.rendering import markup
-from workflows.settings import ENV_FILE_VAR, Settings
+from workflows.commands import batch as batch_commands  # noqa: E402
+from workflows.commands import bridge as bridge_commands  # noqa: E402
+from workflows.commands import fewshot as fewshot_commands  # noqa: E402
+from workflows.commands.ask import ask_cmd  # noqa: E402
+from workflows.commands.root import command_group, configure_logging, console, finish, settings_of  # noqa: E402
+from workflows.rendering import markup  # noqa: E402
+from workflows.settings import ENV_FILE_VAR, Settings  # noqa: E402
 
 app = command_group(add_completion=False)
 app.add_typer(fewshot_commands.app, name="fewshot")

@@ -26,8 +26,8 @@ from html import escape
 from typing import Any
 
 from agents.planner import Planner
-from agents.trace_html import trace_to_html
 from agents.trace import Trace
+from agents.trace_html import trace_to_html
 from experts.errors import ExpertBridgeError
 
 _NUMBER_WORDS = {
