@@ -599,3 +599,15 @@ def test_a_template_that_renders_tools_takes_the_native_path(smollm2):
     assert "<|im_start|>user\n<tool_response>\n" in prompt
     reply = native.bind_tools([detect_objects]).invoke(conversation()[:2], max_new_tokens=8)
     assert reply.response_metadata["tool_format"] == "native" and 0 < reply.usage_metadata["output_tokens"] <= 8
+
+
+def test_a_call_forced_to_one_tool_shows_only_that_tool_and_none_withdraws_them():
+    from agents.chat.toolcalls import tools_for_call
+
+    tools = [{"type": "function", "function": {"name": n, "parameters": {}}} for n in ("detect", "caption")]
+    shown, forced = tools_for_call(tools, "caption")
+    assert [t["function"]["name"] for t in shown] == ["caption"] and forced == "caption"
+    shown, forced = tools_for_call(tools, "any")
+    assert [t["function"]["name"] for t in shown] == ["detect", "caption"] and forced == "any"
+    assert tools_for_call(tools, "none") == ([], None)
+    assert tools_for_call(tools, "auto") == (tools, None)

@@ -60,6 +60,7 @@ from agents.chat.toolcalls import (
     render_tool_prompt,
     to_chat_dicts,
     to_prompt_dicts,
+    tools_for_call,
 )
 from experts.errors import ChatModelError, ConfigError, WeightsNotFoundError
 from experts.weights import resolve_weights
@@ -311,12 +312,7 @@ class LlamaCppChatModel(BaseChatModel):
         tool_choice: str | dict | bool | None,
     ) -> tuple[str, str, str | None]:
         """(prompt text with the prefill, the pre-filled start of the reply, the forced call or None)."""
-        if choice_is_none(tool_choice):
-            tools = None
-        tools = list(tools or [])
-        forced = forced_choice(tool_choice, tools)
-        if forced not in (None, "any"):
-            tools = [t for t in tools if t["function"]["name"] == forced] or tools
+        tools, forced = tools_for_call(tools, tool_choice)
         chat = to_chat_dicts(messages)
         template = self._template
         assert template is not None

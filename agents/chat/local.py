@@ -58,11 +58,11 @@ from agents.chat.toolcalls import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
     choice_is_none,
-    forced_choice,
     parse_reply,
     render_tool_prompt,
     to_chat_dicts,
     to_prompt_dicts,
+    tools_for_call,
 )
 from experts.errors import ConfigError
 from experts.weights import WeightsRef, is_offline, missing_weights_as_error, resolve_weights
@@ -352,12 +352,7 @@ class LocalChatModel(BaseChatModel):
         tool_choice: str | dict | bool | None,
     ) -> tuple[str, str]:
         """(prompt text, pre-filled start of the reply — already part of the prompt)."""
-        forced = forced_choice(tool_choice, tools)
-        if choice_is_none(tool_choice):
-            tools = None
-        tools = list(tools or [])
-        if forced not in (None, "any"):
-            tools = [t for t in tools if t["function"]["name"] == forced] or tools
+        tools, forced = tools_for_call(tools, tool_choice)
         chat = to_chat_dicts(messages)
         caps = self.capabilities
         prefill = ""
