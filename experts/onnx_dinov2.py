@@ -23,7 +23,7 @@ The conversion takes a few seconds; :func:`load_converted` caches the result onc
 (``<cache_dir>/<file>-<sha16>.dinov2.safetensors``), so later loads only read 88 MB of tensors.
 
 >>> conv = load_converted("vit_s_focus.onnx", sha256="…", cache_dir="~/.cache/expertbridge/weights")  # doctest: +SKIP
->>> conv.arch, conv.hub_kwargs, conv.state_dict["pos_embed"].shape                                       # doctest: +SKIP
+>>> conv.arch, conv.hub_kwargs, conv.state_dict["pos_embed"].shape  # doctest: +SKIP
 ('dinov2_vits14', {'interpolate_offset': 0.0}, torch.Size([1, 1370, 384]))
 """
 
@@ -150,7 +150,8 @@ def load_converted(
         try:
             with safe_open(str(cache), framework="pt") as fh:
                 meta = fh.metadata() or {}
-            if meta.get("format") == FORMAT and meta.get("sha256") == sha256 and meta.get("arch") in ARCH_BY_WIDTH.values():
+            known = meta.get("arch") in ARCH_BY_WIDTH.values()
+            if meta.get("format") == FORMAT and meta.get("sha256") == sha256 and known:
                 kwargs = {"interpolate_offset": float(meta["interpolate_offset"])}
                 return ConvertedBackbone(meta["arch"], load_file(str(cache), device="cpu"), kwargs)
         except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt, not trusted
@@ -241,7 +242,7 @@ def _linear_weights(graph, unnamed: Mapping[str, np.ndarray], path) -> dict[str,
         if len(biases) != 1 or biases[0] in found or weight.ndim != 2:
             raise ConfigError(f"{path}: cannot tell which layer the weight {node.input[1]!r} belongs to ({biases})")
         if not any(biases[0].endswith(f".{lin}.bias") for lin in _LINEARS):
-            raise ConfigError(f"{path}: weight {node.input[1]!r} feeds {biases[0]!r}, not a linear layer of a ViT block")
+            raise ConfigError(f"{path}: weight {node.input[1]!r} feeds {biases[0]!r}, not a linear layer of a block")
         found[biases[0]] = weight.T  # MatMul(x, W) holds the transpose of nn.Linear's [out, in]
     return found
 
@@ -258,8 +259,11 @@ def _position_embedding(graph, unnamed: Mapping[str, np.ndarray], width: int, pa
     patch_parts = {
         node.input[0]
         for node in graph.node
-        if node.op_type == "Reshape" and node.input and node.input[0] in unnamed
-        and unnamed[node.input[0]].ndim == 3 and unnamed[node.input[0]].shape[::2] == (1, width)
+        if node.op_type == "Reshape"
+        and node.input
+        and node.input[0] in unnamed
+        and unnamed[node.input[0]].ndim == 3
+        and unnamed[node.input[0]].shape[::2] == (1, width)
     }
     if len(cls_parts) != 1 or len(patch_parts) != 1:
         raise ConfigError(

