@@ -54,8 +54,6 @@ def test_bad_config(tmp_path):
         create_expert("dinov2", repo=str(tmp_path), weights=None).load()
 
 
-
-
 @pytest.mark.parametrize("env_shared", [True, False])
 def test_vendored_repo_is_found_from_settings_not_from_the_working_directory(env_shared, tmp_path, monkeypatch):
     from workflows.settings import vendored_dinov2_repo
