@@ -8,7 +8,9 @@ a warm store encodes nothing), then for each non-empty subset of ``--experts`` e
 ``--methods`` is fitted with its hyper-parameters chosen on the dataset's validation split and
 scored on its test split, for every shot count and seed, next to the logistic-regression baseline
 on the same features. Expert names are ``fewshot eval``'s (presets included); their weights come
-from the settings (``EXPERTBRIDGE_*``).
+from the settings (``EXPERTBRIDGE_*``). ``auto`` chooses which experts to fuse on validation;
+``auto-all`` is ``auto`` fusing every expert given (``select_experts=False``, what ``auto`` did before).
+``--subsets all`` fits only the full set (e.g. to re-measure ``auto`` after the singles are known).
 
 Printed: a table (subset × method, mean ± std test accuracy per shot count), then per method and
 shot count the fused result (all experts) minus the best single expert's; the last line is the
@@ -34,10 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path)
     parser.add_argument("--experts", default="timm,timm-lite2,dinov2")
-    parser.add_argument("--methods", default="auto,cache,gda,linear")
+    parser.add_argument("--methods", default="auto,auto-all,cache,gda,linear", help="auto-all: auto fusing all experts")
     parser.add_argument("--shots", default="1,4,16")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--views", type=int, default=2)
+    parser.add_argument(
+        "--subsets", choices=("every", "all"), default="every", help="every subset of the experts, or only all of them"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -59,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     store = DirectoryStore(settings.store_dir)
 
     def classifier(members, method="cache", seed=0):
-        return FewShotClassifier(members, method=method, store=store, augment_views=args.views, seed=seed)
+        # "auto-all": auto fusing every expert given, without choosing a subset on validation (the old auto)
+        select = method != "auto-all"
+        method = "auto" if method == "auto-all" else method
+        return FewShotClassifier(
+            members, method=method, store=store, augment_views=args.views, seed=seed, select_experts=select
+        )
 
     runs = [(k, seed, few_shot_splits(splits, k, seed)) for k in shots for seed in range(args.seeds)]
     support_paths = list(dict.fromkeys(p for *_, (s, _, _) in runs for p in s.paths))
@@ -71,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     branch_of = {id(e): b for b, e in everyone.experts.items()}  # expert → its branch name in the bank
 
     subsets = [c for r in range(1, len(experts) + 1) for c in itertools.combinations(range(len(experts)), r)]
+    if args.subsets == "all":
+        subsets = subsets[-1:]
     rows: list[dict] = []
     start = time.perf_counter()
     with _one_thread():
@@ -98,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                             "seed": seed,
                             "accuracy": acc,
                             "params": clf.report.get("params", {}),
+                            "chosen_experts": clf.report.get("experts", {}).get("chosen"),
                         }
                     )
                 acc, _ = logistic_regression_accuracy(
@@ -125,8 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         for method in [*methods, "logreg"]:
             cells = " ".join(f"{m:5.1f} ± {s:3.1f}  " for m, s in (mean_std(label, method, k) for k in shots))
             print(f"{label:<32} {method:<8} {cells}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": rows, "experts": names, "shots": shots, "seeds": args.seeds}))
     fused = labels[-1]
     singles = labels[: len(names)]
+    if len(labels) == 1:
+        print(
+            f"{fused}: "
+            + "; ".join(f"{m} " + ", ".join(f"{k}-shot {mean_std(fused, m, k)[0]:.1f}" for k in shots) for m in methods)
+        )
+        return 0
     worst = None
     print(f"\nfused ({fused}) minus the best single expert, same method (points):")
     for method in methods:
@@ -145,9 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     best_any = {k: max((mean_std(s, m, k)[0], s, m) for s in singles for m in methods) for k in shots}
     auto_gap = {k: mean_std(fused, "auto", k)[0] - best_any[k][0] for k in shots} if "auto" in methods else {}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "experts": names, "shots": shots, "seeds": args.seeds}))
+    if "auto" not in methods:
+        auto_gap = {}
     gap, method, k, best = worst
     auto = ", ".join(f"{k}-shot {g:+.1f}" for k, g in auto_gap.items())
     print(
