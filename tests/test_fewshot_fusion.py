@@ -92,6 +92,7 @@ def test_auto_is_not_dragged_down_below_the_best_single_expert(dtd):
     assert acc >= max(singles.values()) - NOISE, (acc, singles, fused.report.get("experts"))
     chosen = fused.report["experts"]
     assert chosen["chosen"] == ["timm"] and list(fused.experts) == ["timm"]
+    assert fused.report["params"]["experts"] == "timm" and fused.chosen_params()["head"] == fused.head
     assert set(chosen["val_accuracy"]) == {"timm+color_histogram", "timm", "color_histogram"}
     assert chosen["val_accuracy"]["timm"] > chosen["val_accuracy"]["timm+color_histogram"]
     # the chosen classifier is the single-expert one: the same predictions as fitting Lite0 alone

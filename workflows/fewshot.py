@@ -363,6 +363,7 @@ class FewShotClassifier:
             setattr(self, attr, getattr(chosen, attr))
         self.head, self.search, self.report = chosen.head, chosen.search, chosen.report
         self.report["experts"] = {"chosen": [n for n in self.experts if n != self.clip_branch], "val_accuracy": scores}
+        self.report["params"] = self.chosen_params()
         return self
 
     def _fit_head(
@@ -436,6 +437,8 @@ class FewShotClassifier:
         if self.cache is None or self.head == "zero-shot":
             return {}
         chosen: dict[str, str] = {"head": self.head} if self.method == "auto" else {}
+        if "experts" in self.report:  # auto's choice of experts to fuse
+            chosen["experts"] = "+".join(self.report["experts"]["chosen"])
         if self.head == "gda":
             return {**chosen, "gda_alpha": self.gda_alpha}
         if self.head == "linear":
