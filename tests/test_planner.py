@@ -243,7 +243,8 @@ def test_time_budget_abandons_a_tool_that_runs_past_it():
     stopped = result.trace.stopped_by
     assert stopped.startswith("time budget of 2s exceeded: tool 'detect_objects' was still running at 2.")
     (step,) = result.trace.tool_steps
-    assert step.error == f"error: {stopped}; its result was dropped" and 1.9 < step.seconds < 3.0
+    # the tool ran until the budget ran out (it started after the first model call, which a busy machine slows)
+    assert step.error == f"error: {stopped}; its result was dropped" and 1.9 < step.started + step.seconds < 3.0
     assert len(model.calls) == 1  # the run ended: the model was not asked again
     assert [s.kind for s in result.trace.steps] == ["model", "tool", "limit"]
     assert result.answer == f"(no answer: {stopped})"
