@@ -329,3 +329,25 @@ def test_the_same_call_twice_in_one_reply_counts_once():
     tools = [{"type": "function", "function": {"name": "a", "parameters": {}}}]
     p = parse_reply('{"name": "a", "arguments": {}}\n{"name": "a", "arguments": {}}', tools, [])
     assert [c["id"] for c in p.tool_calls] == ["call_0"] and "repeat" in p.repairs[0]
+
+
+def test_the_question_is_restated_after_the_evidence_and_only_then():
+    from types import SimpleNamespace
+
+    from agents.planner import RESTATE_QUESTION
+
+    class Shapes:
+        classnames = ("circle", "square")
+
+        def predict(self, images):
+            return [SimpleNamespace(label="circle", probabilities={"circle": 0.9, "square": 0.1}, error=None)]
+
+    model = ScriptedChatModel(steps=[call("classify_few_shot"), "Reasoning: it is a circle.\nAnswer: no"])
+    result = Planner(model, ExpertToolbox(classifier=Shapes())).run("x.png", "is there not a square?")
+    assert result.answer == "no"
+    first, second = model.calls
+    assert first[-1].content == "is there not a square?"  # before any evidence: the question itself, once
+    *_, evidence, reminder = second
+    assert isinstance(evidence, ToolMessage) and "circle" in evidence.content
+    assert reminder.content == RESTATE_QUESTION.format(question="is there not a square?")
+    assert sum(m.content == reminder.content for m in second) == 1  # a per-call reminder, not kept in the history
