@@ -24,7 +24,7 @@ from cache.store import FeatureStore
 from experts import Expert
 from experts.clip import ClipExpert
 from workflows.datasets import LabelledImages, few_shot_splits
-from workflows.fewshot import FewShotClassifier, nearest_centroid_accuracy, view_inputs
+from workflows.fewshot import AUTO_CANDIDATES, FewShotClassifier, nearest_centroid_accuracy, view_inputs
 from workflows.progress import Progress
 
 BASELINE = "centroid"
@@ -231,9 +231,21 @@ def run_sweep(
             views, labels = bank.support(support)
             val_feats, val_labels, _ = bank.split(val)
             test_feats, test_labels, test_failed = bank.split(test)
+            auto: FewShotClassifier | None = None
             for method in methods:
-                clf = classifier(method, seed)
-                clf.fit_features(views, labels, val_feats, val_labels, classnames=support.classnames)
+                if auto is None and "auto" in methods and method in AUTO_CANDIDATES:
+                    # auto fits every candidate with its own validation search: fit it once, score its parts
+                    auto = classifier("auto", seed).fit_features(
+                        views, labels, val_feats, val_labels, classnames=support.classnames
+                    )
+                if method == "auto" and auto is not None:
+                    clf = auto
+                elif auto is not None and auto.report.get("auto") and method in AUTO_CANDIDATES:
+                    clf = auto.as_method(method)  # the same fit and validation search as fitting it alone
+                else:
+                    clf = classifier(method, seed)
+                    clf.fit_features(views, labels, val_feats, val_labels, classnames=support.classnames)
+                    auto = clf if method == "auto" else auto
                 scored = clf.evaluate_features(test_feats, test_labels, failed=test_failed)
                 row = {
                     "method": method,
