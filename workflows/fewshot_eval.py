@@ -288,14 +288,27 @@ def logistic_regression_accuracy(
     cs: Sequence[float] = LOGREG_CS,
 ) -> tuple[float, dict]:
     """Baseline: plain scikit-learn logistic regression on every support view (branches' normalized features
-    concatenated), C chosen on validation (first of equals); test accuracy and the chosen C."""
+    concatenated), C chosen on validation (first of equals); test accuracy and the chosen C.
+
+    Features are given to it in coordinates of the span of the training rows (:func:`cache.linear.row_space`):
+    the same L2-penalized model (its weights lie in that span), in a few hundred dimensions instead of
+    thousands (measured: this baseline was 60 % of a warm DTD-10 sweep's time before).
+    """
     from sklearn.linear_model import LogisticRegression
 
-    def cat(feats: Mapping[str, torch.Tensor]) -> np.ndarray:
+    from cache.linear import row_space
+
+    def unit(feats: Mapping[str, torch.Tensor]) -> np.ndarray:
         parts = [torch.nn.functional.normalize(feats[n].float(), dim=-1) for n in views]
         return torch.cat(parts, dim=-1).reshape(-1, sum(p.shape[-1] for p in parts)).numpy()
 
-    x, y = cat(views), labels.repeat(next(iter(views.values())).shape[0]).numpy()
+    x, y = unit(views), labels.repeat(next(iter(views.values())).shape[0]).numpy()
+    basis = row_space(x.astype(np.float64)).astype(x.dtype)
+
+    def cat(feats: Mapping[str, torch.Tensor]) -> np.ndarray:
+        return unit(feats) @ basis.T
+
+    x = x @ basis.T
     fitted = [LogisticRegression(C=c, max_iter=1000).fit(x, y) for c in cs]
     if len(val_labels):
         chosen = int(np.argmax([m.score(cat(val), val_labels.numpy()) for m in fitted]))
