@@ -31,6 +31,7 @@ from cache.training import train_keys
 from workflows.datasets import LabelledImages, load_splits, sample_k_shot
 from workflows.fewshot import (
     AUTO_CANDIDATES,
+    AUTO_MIN_VALIDATION,
     STANDARDIZE_MIN_SHOTS,
     FewShotClassifier,
     choose_head,
@@ -155,22 +156,39 @@ def test_gda_alpha_is_searched_on_the_reference_grid_and_the_best_value_is_kept(
 
 def test_auto_predicts_with_the_head_its_rule_picks_from_each_candidates_validation_predictions(dtd, efficientnet):
     """Catches auto ignoring its rule (or scoring other predictions than its heads make): the chosen head is
-    ``choose_head`` of each candidate's validation correctness, recomputed here, at 1 and 4 shots."""
+    ``choose_head`` of each candidate's validation correctness, recomputed here, at 1 and 4 shots.
+
+    The rule needs 100 validation images: the fixture's 80 ``val`` and 120 ``test`` images are pooled
+    as validation here (this checks the rule, not an accuracy)."""
+    pool = {n: torch.cat([dtd.val[n], dtd.test[n]]) for n in dtd.val}
+    pool_labels = torch.cat([dtd.val_labels, dtd.test_labels])
+    assert len(pool_labels) >= AUTO_MIN_VALIDATION
     for shots in (1, SHOTS):
         keep = torch.cat([torch.where(dtd.labels == c)[0][:shots] for c in range(10)])
         views, labels = {n: v[:, keep] for n, v in dtd.views.items()}, dtd.labels[keep]
         clf = FewShotClassifier([efficientnet], method="auto", augment_views=VIEWS)
-        clf.fit_features(views, labels, dtd.val, dtd.val_labels, classnames=dtd.classnames)
+        clf.fit_features(views, labels, pool, pool_labels, classnames=dtd.classnames)
         scores = clf.report["auto"]["val_accuracy"]
         correct = {}
         for m in AUTO_CANDIDATES:  # each candidate as fitted alone (test_fewshot_sweep checks the equality)
-            correct[m] = clf.as_method(m).logits(dtd.val)[0].argmax(-1) == dtd.val_labels
+            correct[m] = clf.as_method(m).logits(pool)[0].argmax(-1) == pool_labels
             assert float(correct[m].float().mean()) == pytest.approx(scores[m])
         best = max(AUTO_CANDIDATES, key=lambda m: scores[m])
         se = {m: paired_standard_error(correct[best], correct[m]) for m in AUTO_CANDIDATES}
         assert clf.head == choose_head(correct) == clf.chosen_params()["head"], (shots, scores, se)
         assert clf.report["auto"]["standard_error"] == pytest.approx(se)
         assert torch.equal(clf.logits(dtd.test)[0], clf.as_method(clf.head).logits(dtd.test)[0])
+
+
+def test_auto_keeps_the_cache_when_validation_is_too_small_to_choose(dtd, efficientnet):
+    """Catches choosing among heads on a handful of images: with 80 validation images (< 100) auto is the
+    cache, though the one-SE rule would take another head on them."""
+    assert AUTO_MIN_VALIDATION == 100 and len(dtd.val_labels) == 80
+    clf = dtd.classifier("auto", efficientnet)
+    correct = {m: clf.as_method(m).logits(dtd.val)[0].argmax(-1) == dtd.val_labels for m in AUTO_CANDIDATES}
+    assert choose_head(correct) != "cache", "the rule would take the cache anyway: not a test"
+    assert clf.head == "cache" and "80 validation images" in clf.report["auto"]["rule"]
+    assert torch.equal(clf.logits(dtd.test)[0], clf.as_method("cache").logits(dtd.test)[0])
 
 
 def test_auto_keeps_linear_unless_a_rival_wins_by_more_than_one_standard_error():
