@@ -54,9 +54,9 @@ def choose_within_noise(correct: Sequence[torch.Tensor], k: float = ONE_SE) -> i
     of the best one's: the one-standard-error rule (Breiman et al. 1984; Hastie et al., ESL §7.10).
 
     ``correct[i]`` is candidate ``i``'s per-image correctness (bool or 0/1) on one validation split,
-    candidates ordered simplest first. A more complex candidate is taken only when it beats every simpler
-    one by more than the validation split can resolve; on a tiny split (ants/bees: 8 images) that is
-    almost never, so the simplest wins.
+    candidates in order of preference (the simplest, or a reference such as the linear probe, first). A
+    later candidate is taken only when it beats every earlier one by more than the validation split can
+    resolve; on a tiny split (8 images) that is almost never.
 
     >>> simple, better = torch.tensor([1, 1, 0, 0, 1, 1, 1, 1]), torch.tensor([1, 1, 1, 0, 1, 1, 1, 1])
     >>> choose_within_noise([simple, better])   # 1 image of 8: within one standard error (0.125)

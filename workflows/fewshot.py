@@ -346,7 +346,9 @@ class FewShotClassifier:
         """
         searches = self._candidate_searches
         if self.method != "auto" or searches is None or method not in searches:
-            raise ConfigError(f"as_method needs an 'auto' classifier fitted with validation and one of {AUTO_CANDIDATES}")
+            raise ConfigError(
+                f"as_method needs an 'auto' classifier fitted with validation and one of {AUTO_CANDIDATES}"
+            )
         clone = copy.copy(self)
         clone.method = clone.head = method
         clone.report = {"method": method, "search": searches[method]}
