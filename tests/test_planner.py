@@ -190,6 +190,10 @@ def test_rule_matching_only_takes_classes_the_detector_knows():
         ("<think>hmm</think>There are four people.", ("There are four people.", None, [])),
         ("Answer: 2\nEvidence: detect_objects, caption_image", ("2", None, ["detect_objects", "caption_image"])),
         ("", (None, None, [])),
+        (  # the fields run together on one line, as small models often write them
+            "Reasoning: no dog was found, so a dog is absent. Answer: yes Evidence: classify_few_shot",
+            ("yes", "no dog was found, so a dog is absent.", ["classify_few_shot"]),
+        ),
     ],
 )
 def test_answer_parsing(text, expected):

@@ -178,6 +178,10 @@ HOSTILE_SPECS = {
         lambda t: {"name": "dinov2", "offline": False, "weights": "pretrained"},
         "offline",
     ),
+    "fallback hub repo": (
+        lambda t: {"name": "dinov2", "fallback_repo": str(t["hub"]), "weights": None},
+        "fallback_repo",
+    ),
     "unknown field": (lambda t: {"name": "timm", "model": "resnet18", "weights": None, "evil": 1}, "evil"),
 }
 

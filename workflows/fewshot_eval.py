@@ -240,7 +240,7 @@ def run_sweep(
                     )
                 if method == "auto" and auto is not None:
                     clf = auto
-                elif auto is not None and auto.report.get("auto") and method in AUTO_CANDIDATES:
+                elif auto is not None and auto.report.get("auto") and method in AUTO_CANDIDATES and kept_all(auto):
                     clf = auto.as_method(method)  # the same fit and validation search as fitting it alone
                 else:
                     clf = classifier(method, seed)
@@ -276,6 +276,11 @@ def run_sweep(
                 if on_run:
                     on_run(row)
     return result
+
+
+def kept_all(clf: FewShotClassifier) -> bool:
+    """Whether a fitted ``auto`` kept every expert given (its candidates then fuse all of them, as the methods do)."""
+    return set(clf.experts) == set(clf.given_experts)
 
 
 def logistic_regression_accuracy(

