@@ -391,14 +391,16 @@ class FewShotClassifier:
         Fusing every expert is what CaFo does, but its adaptive weights cannot save the fusion from a
         weak expert when the prior averages every branch: on DTD-10 at 1 shot, EfficientNet-Lite0 alone
         reaches 54 % and fused with a colour histogram (11 %) 27 % (cache, gda) to 49 % (linear). So
-        ``auto`` fits itself on each subset (:func:`expert_subsets`) and keeps the best on validation;
-        a tie goes to the subset with more experts. The chosen experts are the classifier's from then
+        ``auto`` fits itself on each subset (:func:`expert_subsets`, largest first) and keeps the first
+        within one paired standard error of the best on validation (the one-SE rule, as for its heads):
+        fewer experts only when they win beyond noise. The chosen experts are the classifier's from then
         on: ``predict`` runs only them and ``save`` records only them. ``report["experts"]`` has every
         subset's validation accuracy.
         """
         selectable = self._selectable()
         clip = [self.clip_branch] if self.clip_branch else []
-        best: tuple[float, FewShotClassifier] | None = None
+        fitted: list[FewShotClassifier] = []
+        correct: list[torch.Tensor] = []
         scores: dict[str, float] = {}
         for subset in expert_subsets(selectable):
             names = [*subset, *clip]
@@ -426,12 +428,12 @@ class FewShotClassifier:
                 val_labels,
                 classnames=classnames,
             )
-            acc = float(sub.report["auto"]["val_accuracy"][sub.head])
-            scores["+".join(subset)] = acc
-            if best is None or acc > best[0]:  # candidates come largest first: a tie keeps more experts
-                best = (acc, sub)
-        assert best is not None
-        chosen = best[1]
+            scores["+".join(subset)] = float(sub.report["auto"]["val_accuracy"][sub.head])
+            fitted.append(sub)
+            correct.append(sub.logits({n: val_feats[n] for n in names})[0].argmax(-1) == val_labels)
+        # subsets come largest first, every named expert the reference: a smaller subset must beat every
+        # larger one by more than one paired standard error (the one-SE rule, as for the heads)
+        chosen = fitted[choose_within_noise(correct)]
         for attr in (
             "experts",
             "fusion",
