@@ -27,10 +27,47 @@ DEFAULT_BETAS = tuple(float(b) for b in np.round(np.linspace(0.5, 12.0, 24), 3))
 DEFAULT_ALPHAS = tuple(float(a) for a in np.round(np.geomspace(0.05, 20.0, 25), 4))
 #: GDA's α: 1e-4 … 1e2, one point per decade (7 values), the grid of the GDA reference code (Wang et al., ICLR 2024)
 GDA_ALPHAS = tuple(10.0**i for i in range(-4, 3))
+#: how many paired standard errors a more complex head must win by on validation (the one-SE rule)
+ONE_SE = 1.0
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def paired_standard_error(correct_a: torch.Tensor, correct_b: torch.Tensor) -> float:
+    """Standard error of ``accuracy(a) - accuracy(b)`` measured on the same validation images.
+
+    The per-image differences ``a_i - b_i`` (each -1, 0 or 1) are the sample: their standard
+    deviation over ``sqrt(n)``. Two heads that agree on most images have a small standard error
+    even on a small split (the paired, McNemar-style comparison), unlike two independent accuracies.
+
+    >>> paired_standard_error(torch.tensor([1, 1, 1, 0]), torch.tensor([1, 1, 0, 0]))
+    0.25
+    """
+    diff = correct_a.double() - correct_b.double()
+    return float(diff.std() / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+
+
+def choose_within_noise(correct: Sequence[torch.Tensor], k: float = ONE_SE) -> int:
+    """Index of the first candidate whose validation accuracy is within ``k`` paired standard errors
+    of the best one's: the one-standard-error rule (Breiman et al. 1984; Hastie et al., ESL §7.10).
+
+    ``correct[i]`` is candidate ``i``'s per-image correctness (bool or 0/1) on one validation split,
+    candidates in order of preference (the simplest, or a reference such as the linear probe, first). A
+    later candidate is taken only when it beats every earlier one by more than the validation split can
+    resolve; on a tiny split (8 images) that is almost never.
+
+    >>> simple, better = torch.tensor([1, 1, 0, 0, 1, 1, 1, 1]), torch.tensor([1, 1, 1, 0, 1, 1, 1, 1])
+    >>> choose_within_noise([simple, better])   # 1 image of 8: within one standard error (0.125)
+    0
+    """
+    accs = [float(c.double().mean()) for c in correct]
+    best = int(np.argmax(accs))
+    for i, c in enumerate(correct):
+        if accs[i] >= accs[best] - k * paired_standard_error(correct[best], c) - 1e-12:
+            return i
+    return best  # unreachable: the best is within 0 of itself
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from cache.search import choose_within_noise
 from cache.store import DirectoryStore
 from experts import create_expert
 from workflows.datasets import LabelledImages, load_splits, sample_k_shot
@@ -162,3 +163,38 @@ def test_two_complementary_experts_are_both_kept():
     scores = clf.report["experts"]["val_accuracy"]
     assert scores["a+b"] > max(scores["a"], scores["b"]) + 0.2
     assert clf.evaluate_features(test, test_labels)["accuracy"] > 0.8
+
+
+def test_fewer_experts_are_chosen_only_when_they_win_by_more_than_one_standard_error():
+    """Catches a subset choice by the plain best on validation: with an expert that adds little, the subset
+    with both is kept unless one alone wins beyond one paired standard error (recomputed here)."""
+    classes, dim = 6, 16
+    differs = 0
+    for seed in range(8):  # synthetic experts: "a" sees every class, "b" barely; find runs where argmax ≠ rule
+        gen = torch.Generator().manual_seed(seed)
+
+        def split(n_per_class):
+            labels = torch.arange(classes).repeat_interleave(n_per_class)
+            a = torch.randn(len(labels), dim, generator=gen) * 1.2
+            b = torch.randn(len(labels), dim, generator=gen)
+            a[torch.arange(len(labels)), labels] += 2.0
+            b[torch.arange(len(labels)), labels] += 0.5
+            return labels, {"a": a, "b": b}
+
+        labels, support = split(4)
+        val_labels, val = split(20)  # 120 images: the rule applies (>= AUTO_MIN_VALIDATION)
+        clf = FewShotClassifier([_Named("a"), _Named("b")], method="auto", augment_views=1)
+        clf.fit_features({n: f[None] for n, f in support.items()}, labels, val, val_labels, classnames=list("uvwxyz"))
+        subsets, correct = expert_subsets(["a", "b"]), []
+        for subset in subsets:
+            sub = FewShotClassifier([_Named(n) for n in subset], method="auto", augment_views=1, select_experts=False)
+            sub.fit_features(
+                {n: support[n][None] for n in subset}, labels, {n: val[n] for n in subset}, val_labels,
+                classnames=list("uvwxyz"),
+            )
+            correct.append(sub.logits({n: val[n] for n in subset})[0].argmax(-1) == val_labels)
+        rule = list(subsets[choose_within_noise(correct)])
+        best = list(subsets[max(range(len(subsets)), key=lambda i: (float(correct[i].float().mean()), -i))])
+        assert clf.report["experts"]["chosen"] == rule, (seed, clf.report["experts"])
+        differs += rule != best
+    assert differs, "the rule and the plain best agree on every seed: not a test"

@@ -17,11 +17,26 @@ import torch
 
 from cache.adapter import AdaptiveCache
 from cache.linear import LINEAR_CS
-from cache.search import DEFAULT_BETAS, GDA_ALPHAS, accuracy, search_alpha_beta
+from cache.search import (
+    DEFAULT_BETAS,
+    GDA_ALPHAS,
+    ONE_SE,
+    accuracy,
+    choose_within_noise,
+    paired_standard_error,
+    search_alpha_beta,
+)
 from cache.store import DirectoryStore
 from cache.training import train_keys
 from workflows.datasets import LabelledImages, load_splits, sample_k_shot
-from workflows.fewshot import FewShotClassifier, nearest_centroid_accuracy
+from workflows.fewshot import (
+    AUTO_CANDIDATES,
+    AUTO_MIN_VALIDATION,
+    STANDARDIZE_MIN_SHOTS,
+    FewShotClassifier,
+    choose_head,
+    nearest_centroid_accuracy,
+)
 
 SHOTS, VIEWS, VAL_PER_CLASS, TEST_PER_CLASS = 4, 2, 8, 12
 CHANCE = 0.1  # 10 classes
@@ -139,19 +154,96 @@ def test_gda_alpha_is_searched_on_the_reference_grid_and_the_best_value_is_kept(
     assert clf.gda_alpha == GDA_ALPHAS[int(np.argmax(scores))]
 
 
-def test_auto_chooses_the_best_head_on_validation_and_predicts_with_it(dtd, efficientnet):
+def test_auto_predicts_with_the_head_its_rule_picks_from_each_candidates_validation_predictions(dtd, efficientnet):
+    """Catches auto ignoring its rule (or scoring other predictions than its heads make): the chosen head is
+    ``choose_head`` of each candidate's validation correctness, recomputed here, at 1 and 4 shots.
+
+    The rule needs 100 validation images: the fixture's 80 ``val`` and 120 ``test`` images are pooled
+    as validation here (this checks the rule, not an accuracy)."""
+    pool = {n: torch.cat([dtd.val[n], dtd.test[n]]) for n in dtd.val}
+    pool_labels = torch.cat([dtd.val_labels, dtd.test_labels])
+    assert len(pool_labels) >= AUTO_MIN_VALIDATION
+    for shots in (1, SHOTS):
+        keep = torch.cat([torch.where(dtd.labels == c)[0][:shots] for c in range(10)])
+        views, labels = {n: v[:, keep] for n, v in dtd.views.items()}, dtd.labels[keep]
+        clf = FewShotClassifier([efficientnet], method="auto", augment_views=VIEWS)
+        clf.fit_features(views, labels, pool, pool_labels, classnames=dtd.classnames)
+        scores = clf.report["auto"]["val_accuracy"]
+        correct = {}
+        for m in AUTO_CANDIDATES:  # each candidate as fitted alone (test_fewshot_sweep checks the equality)
+            correct[m] = clf.as_method(m).logits(pool)[0].argmax(-1) == pool_labels
+            assert float(correct[m].float().mean()) == pytest.approx(scores[m])
+        best = max(AUTO_CANDIDATES, key=lambda m: scores[m])
+        se = {m: paired_standard_error(correct[best], correct[m]) for m in AUTO_CANDIDATES}
+        assert clf.head == choose_head(correct) == clf.chosen_params()["head"], (shots, scores, se)
+        assert clf.report["auto"]["standard_error"] == pytest.approx(se)
+        assert torch.equal(clf.logits(dtd.test)[0], clf.as_method(clf.head).logits(dtd.test)[0])
+
+
+def test_auto_keeps_the_cache_when_validation_is_too_small_to_choose(dtd, efficientnet):
+    """Catches choosing among heads on a handful of images: with 80 validation images (< 100) auto is the
+    cache, though the one-SE rule would take another head on them."""
+    assert AUTO_MIN_VALIDATION == 100 and len(dtd.val_labels) == 80
     clf = dtd.classifier("auto", efficientnet)
-    scores = clf.report["auto"]["val_accuracy"]
-    assert set(scores) == {"cache", "gda", "linear"}
-    assert scores[clf.head] == max(scores.values())
-    assert clf.chosen_params()["head"] == clf.head
-    alone = dtd.classifier(clf.head, efficientnet)
-    assert dtd.test_accuracy(clf) == pytest.approx(dtd.test_accuracy(alone))
+    correct = {m: clf.as_method(m).logits(dtd.val)[0].argmax(-1) == dtd.val_labels for m in AUTO_CANDIDATES}
+    assert choose_head(correct) != "cache", "the rule would take the cache anyway: not a test"
+    assert clf.head == "cache" and "80 validation images" in clf.report["auto"]["rule"]
+    assert torch.equal(clf.logits(dtd.test)[0], clf.as_method("cache").logits(dtd.test)[0])
+
+
+def test_auto_keeps_linear_unless_a_rival_wins_by_more_than_one_standard_error():
+    """Pins auto's rule: linear is the reference; gda, then cache, must beat it beyond one paired standard
+    error. Catches taking the best on validation, always taking linear, and another order."""
+    n = 100
+    linear = torch.zeros(n, dtype=torch.bool)
+    linear[:80] = True
+    close, far = linear.clone(), linear.clone()
+    close[80:83] = True  # +3 images: beyond one SE (0.017)
+    far[80:90] = True  # +10 images
+    one_more = linear.clone()
+    one_more[80] = True  # +1 image: within one SE (0.01)
+    assert AUTO_CANDIDATES == ("linear", "gda", "cache")
+    assert choose_head({"linear": linear, "gda": one_more, "cache": one_more}) == "linear"  # not the best
+    assert choose_head({"linear": linear, "gda": linear, "cache": far}) == "cache"  # beaten beyond noise
+    assert choose_head({"linear": linear, "gda": close, "cache": far}) == "cache"  # the best, when gda is beaten too
+    assert choose_head({"linear": linear, "gda": far, "cache": far}) == "gda"  # gda before cache
+    assert choose_head({"linear": linear, "gda": far, "cache": close}) == "gda"
+
+
+def test_the_one_standard_error_rule_keeps_the_simpler_candidate_unless_beaten_beyond_noise():
+    """Pins the rule itself: ties and wins within one paired standard error go to the earlier (simpler)
+    candidate; a win by more than that goes to the better one, whatever its place."""
+    n = 100
+    simple = torch.zeros(n)
+    simple[:80] = 1  # 80 % right
+    close = simple.clone()
+    close[80:83] = 1  # 83 %: 3 more right, SE of the difference sqrt(3/100 · 97/99)/10 ≈ 0.017 < 0.03
+    far = simple.clone()
+    far[80:90] = 1  # 90 %: 10 more right, SE ≈ 0.03 < 0.10
+    assert paired_standard_error(close, simple) == pytest.approx(float((close - simple).std()) / 10)
+    assert choose_within_noise([simple, close]) == 1  # 0.03 > 1 SE (0.017): beyond noise
+    assert choose_within_noise([simple, close], k=2.0) == 0  # within 2 SE (0.034)
+    assert choose_within_noise([simple, far, close]) == 1
+    assert choose_within_noise([far, simple]) == 0
+    assert choose_within_noise([simple, simple.clone()]) == 0  # an exact tie: the simpler
+    tiny = [torch.tensor([1.0, 1, 1, 0, 1, 0, 1, 1]), torch.tensor([1.0, 1, 1, 1, 1, 0, 1, 1])]
+    assert choose_within_noise(tiny) == 0  # one image of eight (ants/bees' validation split) is noise
+    assert ONE_SE == 1.0
 
 
 def test_linear_head_uses_every_view_as_a_sample_and_chooses_c_on_validation(dtd, efficientnet):
     clf = dtd.classifier("linear", efficientnet)
     searched = clf.report["search"]
     assert searched["cs"]["points"] == len(LINEAR_CS)
-    assert searched["linear_samples"] in ("plain", "views", "plain+standardized", "views+standardized")
+    assert searched["linear_samples"] in ("plain", "views")  # 4 shots: never standardized
+    assert searched["standardize_searched"] == [False]
     assert dtd.test_accuracy(clf) > 0.55
+
+
+def test_linear_head_offers_standardization_only_from_eight_shots_per_class(dtd, efficientnet):
+    """Catches standardizing on a handful of samples: at 4 shots it is not searched, at 8 it is."""
+    assert STANDARDIZE_MIN_SHOTS == 8
+    eight = {n: v.reshape(1, -1, v.shape[-1]) for n, v in dtd.views.items()}  # both views as images: 8 per class
+    clf = FewShotClassifier([efficientnet], method="linear", augment_views=1)
+    clf.fit_features(eight, dtd.labels.repeat(VIEWS), dtd.val, dtd.val_labels, classnames=dtd.classnames)
+    assert clf.report["search"]["standardize_searched"] == [False, True]

@@ -7,8 +7,9 @@
 
 Methods: ``"cache"`` (training-free CaFo/Tip-Adapter cache), ``"cache-train"``
 (learnable keys), ``"gda"`` (closed-form Gaussian head), ``"linear"`` (logistic
-regression on the concatenated features, C chosen on validation), ``"auto"`` (the
-best of cache, gda and linear on validation), ``"zero-shot"`` (the prior alone).
+regression on the concatenated features, C chosen on validation), ``"auto"`` (linear,
+unless gda or cache beats it on validation by more than one paired standard error),
+``"zero-shot"`` (the prior alone); with fewer than 100 validation images ``"auto"`` keeps the cache.
 The prior is CLIP's zero-shot classifier (from templates or
 LLM-written class descriptions) when a ``clip`` expert is given; otherwise each
 branch's class prototypes (``prior="prototype"``), so the cache refines a
@@ -18,6 +19,7 @@ two or more branches and Tip-Adapter's sum for one.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
@@ -34,7 +36,16 @@ from torchvision import transforms
 from cache.adapter import AdaptiveCache
 from cache.gda import GDAHead, fit_gda
 from cache.linear import LINEAR_CS, LinearHead, fit_linear, search_linear
-from cache.search import GDA_ALPHAS, SearchResult, accuracy, search_alpha_beta, search_gda_alpha
+from cache.search import (
+    GDA_ALPHAS,
+    ONE_SE,
+    SearchResult,
+    accuracy,
+    choose_within_noise,
+    paired_standard_error,
+    search_alpha_beta,
+    search_gda_alpha,
+)
 from cache.store import FeatureStore
 from cache.training import train_keys
 from experts import ConfigError, Expert, ItemResult
@@ -49,11 +60,35 @@ from workflows.store_runner import run_through_store
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "cache", "cache-train", "gda", "linear", "zero-shot")
-#: what ``method="auto"`` chooses among on validation, simplest first: a tie goes to the earlier one
-AUTO_CANDIDATES = ("cache", "gda", "linear")
+#: what ``method="auto"`` chooses among on validation, the reference first: logistic regression (the
+#: linear probe every few-shot paper is measured against), then GDA, then the training-free cache. A later
+#: one is chosen only if it beats the earlier ones by more than one paired standard error on validation
+#: (:func:`cache.search.choose_within_noise`): within noise, auto is the linear probe.
+AUTO_CANDIDATES = ("linear", "gda", "cache")
+#: validation images below which ``auto`` does not choose at all and keeps the training-free cache (the
+#: class centroids, refined by the support keys). Heads differ by 1-3 points; two heads that disagree on
+#: 10 % of n images have a paired standard error of about sqrt(0.1 / n): 3 points at n = 100, 11 at the
+#: 8 images ants/bees carves at 1-4 shots, where choosing among heads is choosing by chance.
+AUTO_MIN_VALIDATION = 100
+#: support images per class from which the linear head may standardize features (a per-dimension scale
+#: from fewer is noise: measured on DTD-10 and ants/bees, standardizing cost 2-20 points at 1-4 shots)
+STANDARDIZE_MIN_SHOTS = 8
 #: up to this many experts ``auto`` tries every subset of them; beyond, all, all-but-one and each alone
 EXHAUSTIVE_SUBSETS = 3
 FORMAT = "expertbridge.fewshot/1"
+
+
+def choose_head(correct: Mapping[str, torch.Tensor]) -> str:
+    """``auto``'s choice (given at least :data:`AUTO_MIN_VALIDATION` images) from each candidate's per-image
+    correctness on validation: the first of
+    :data:`AUTO_CANDIDATES` within one paired standard error of the best (the one-SE rule), so a head
+    other than linear must beat it by more than the validation split can resolve.
+
+    >>> right = torch.tensor([1, 1, 1, 1, 1, 1, 1, 0]); one_more = torch.ones(8)
+    >>> choose_head({"linear": right, "gda": one_more, "cache": right})   # 1 image of 8: noise
+    'linear'
+    """
+    return AUTO_CANDIDATES[choose_within_noise([correct[m] for m in AUTO_CANDIDATES])]
 
 
 @dataclass(frozen=True)
@@ -170,6 +205,7 @@ class FewShotClassifier:
         #: the head that makes predictions: ``method``, or for ``"auto"`` the one chosen on validation
         self.head = method if method != "auto" else "cache"
         self.report: dict[str, Any] = {}
+        self._candidate_searches: dict[str, dict] | None = None  # auto's per-candidate search summaries
         #: the whole α/β validation grid of the last fit (``report["search"]`` only summarizes it)
         self.search: SearchResult | None = None
 
@@ -267,6 +303,7 @@ class FewShotClassifier:
         """
         self.classnames = tuple(classnames)
         self.search = None
+        self._candidate_searches = None
         if set(views) == set(self.given_experts):  # a refit on every expert's features: all may be chosen again
             self.experts, self.fusion = dict(self.given_experts), self._given_fusion
         has_val = val_feats is not None and val_labels is not None and len(val_labels) > 0
@@ -293,13 +330,49 @@ class FewShotClassifier:
             self.head = "cache"
         else:
             scores = {m: self._fit_head(m, views, labels, val_feats, val_labels) for m in AUTO_CANDIDATES}
-            self.head = max(AUTO_CANDIDATES, key=lambda m: scores[m])  # max keeps the first of equals
-            self.report["auto"] = {"chosen": self.head, "val_accuracy": scores}
-            self.report["search"] = {**self.report.pop(f"search.{self.head}"), "val_accuracy": scores[self.head]}
+            correct = {}
             for m in AUTO_CANDIDATES:
-                self.report.pop(f"search.{m}", None)
+                self.head = m
+                correct[m] = self.logits(val_feats)[0].argmax(-1) == val_labels
+            few = len(val_labels) < AUTO_MIN_VALIDATION
+            self.head = "cache" if few else choose_head(correct)
+            best = max(AUTO_CANDIDATES, key=lambda m: scores[m])
+            self.report["auto"] = {
+                "chosen": self.head,
+                "val_accuracy": scores,
+                "best_on_val": best,
+                "standard_error": {m: paired_standard_error(correct[best], correct[m]) for m in AUTO_CANDIDATES},
+                "rule": f"{len(val_labels)} validation images (< {AUTO_MIN_VALIDATION}): the training-free cache"
+                if few
+                else f"the first of {', '.join(AUTO_CANDIDATES)} within {ONE_SE:g} paired standard error of the best",
+            }
+            self._candidate_searches = {m: self.report.pop(f"search.{m}") for m in AUTO_CANDIDATES}
+            self.report["search"] = {**self._candidate_searches[self.head], "val_accuracy": scores[self.head]}
         self.report["params"] = self.chosen_params()
         return self
+
+    def as_method(self, method: str) -> FewShotClassifier:
+        """This ``auto`` classifier, fitted with validation on every given expert, as the candidate ``method`` alone.
+
+        ``auto`` fits every candidate with its own validation search, exactly as fitting that method
+        alone would, so a sweep scores the candidates from auto's fit instead of fitting each twice
+        (not when ``auto`` left experts out: ``method`` alone fuses every expert given).
+
+        >>> clf.as_method("gda").report["params"]   # doctest: +SKIP
+        {'gda_alpha': 1.0}
+        """
+        searches = self._candidate_searches
+        if set(self.experts) != set(self.given_experts):  # its candidates were fitted on the chosen experts only
+            searches = None
+        if self.method != "auto" or searches is None or method not in searches:
+            raise ConfigError(
+                f"as_method needs an 'auto' classifier fitted with validation and one of {AUTO_CANDIDATES}"
+            )
+        clone = copy.copy(self)
+        clone.method = clone.head = method
+        clone.report = {"method": method, "search": searches[method]}
+        clone.report["params"] = clone.chosen_params()
+        return clone
 
     def _selectable(self) -> list[str]:
         """The branches ``auto`` may leave out: every expert but CLIP (its text prior is kept whenever given)."""
@@ -318,14 +391,16 @@ class FewShotClassifier:
         Fusing every expert is what CaFo does, but its adaptive weights cannot save the fusion from a
         weak expert when the prior averages every branch: on DTD-10 at 1 shot, EfficientNet-Lite0 alone
         reaches 54 % and fused with a colour histogram (11 %) 27 % (cache, gda) to 49 % (linear). So
-        ``auto`` fits itself on each subset (:func:`expert_subsets`) and keeps the best on validation;
-        a tie goes to the subset with more experts. The chosen experts are the classifier's from then
+        ``auto`` fits itself on each subset (:func:`expert_subsets`, largest first) and keeps the first
+        within one paired standard error of the best on validation (the one-SE rule, as for its heads):
+        fewer experts only when they win beyond noise. The chosen experts are the classifier's from then
         on: ``predict`` runs only them and ``save`` records only them. ``report["experts"]`` has every
         subset's validation accuracy.
         """
         selectable = self._selectable()
         clip = [self.clip_branch] if self.clip_branch else []
-        best: tuple[float, FewShotClassifier] | None = None
+        fitted: list[FewShotClassifier] = []
+        correct: list[torch.Tensor] = []
         scores: dict[str, float] = {}
         for subset in expert_subsets(selectable):
             names = [*subset, *clip]
@@ -353,13 +428,23 @@ class FewShotClassifier:
                 val_labels,
                 classnames=classnames,
             )
-            acc = float(sub.report["auto"]["val_accuracy"][sub.head])
-            scores["+".join(subset)] = acc
-            if best is None or acc > best[0]:  # candidates come largest first: a tie keeps more experts
-                best = (acc, sub)
-        assert best is not None
-        chosen = best[1]
-        for attr in ("experts", "fusion", "cache", "gda", "gda_alpha", "linear", "linear_c", "linear_samples"):
+            scores["+".join(subset)] = float(sub.report["auto"]["val_accuracy"][sub.head])
+            fitted.append(sub)
+            correct.append(sub.logits({n: val_feats[n] for n in names})[0].argmax(-1) == val_labels)
+        # subsets come largest first, every named expert the reference: a smaller subset must beat every
+        # larger one by more than one paired standard error (the one-SE rule, as for the heads)
+        chosen = fitted[choose_within_noise(correct)]
+        for attr in (
+            "experts",
+            "fusion",
+            "cache",
+            "gda",
+            "gda_alpha",
+            "linear",
+            "linear_c",
+            "linear_samples",
+            "_candidate_searches",
+        ):
             setattr(self, attr, getattr(chosen, attr))
         self.head, self.search, self.report = chosen.head, chosen.search, chosen.report
         self.report["experts"] = {"chosen": [n for n in self.experts if n != self.clip_branch], "val_accuracy": scores}
@@ -420,11 +505,16 @@ class FewShotClassifier:
                 candidates = {"plain": (self._concat({n: v[0] for n, v in views.items()}), labels)}
                 if next(iter(views.values())).shape[0] > 1:
                     candidates["views"] = (samples, sample_labels)
-                self.linear, choice, val_acc = search_linear(candidates, num, self._concat(val_feats), val_labels)
+                shots = int(torch.bincount(labels, minlength=num).min())
+                standardize = (False, True) if shots >= STANDARDIZE_MIN_SHOTS else (False,)
+                self.linear, choice, val_acc = search_linear(
+                    candidates, num, self._concat(val_feats), val_labels, standardize=standardize
+                )
                 self.linear_c, self.linear_samples = float(choice["C"]), str(choice["samples"])
                 self.report[where] = {
                     "linear_c": self.linear_c,
                     "linear_samples": self.linear_samples,
+                    "standardize_searched": list(standardize),
                     "val_accuracy": val_acc,
                     "cs": {"min": min(LINEAR_CS), "max": max(LINEAR_CS), "points": len(LINEAR_CS)},
                 }
