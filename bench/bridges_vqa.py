@@ -120,6 +120,8 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
             "--warmup-steps", str(args.warmup), "--seed", str(args.seed),
         ]  # fmt: skip
+        if args.init_from is not None:
+            train += ["--init", str(args.init_from / name)]  # continue a previous run's bridge on new pairs
         print("$", " ".join(train[2:]), flush=True)
         row_dir.mkdir(parents=True, exist_ok=True)
         with (row_dir / "train.log").open("w") as log:
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bridges_vqa")
     parser.add_argument("--reasoning", type=Path, default=REPO / "out" / "reasoning" / "results.json")
     parser.add_argument("--no-probe", action="store_true")
+    parser.add_argument("--init-from", type=Path, help="start each row from OUT_BEFORE/<row> (a previous run's --out)")
     parser.add_argument("--parallel", action="store_true", help="train the rows at the same time (one process each)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per row process")
     parser.add_argument("--reuse", action="store_true", help="keep rows that already have train.json + eval.json")

@@ -89,6 +89,9 @@ def train_cmd(
     ] = 0,
     val: Annotated[str | None, typer.Option(help="validation pairs (eval loss each epoch)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoints if present")] = False,
+    init: Annotated[
+        Path | None, typer.Option(help="start from this saved bridge's weights (same bridge settings), e.g. more data")
+    ] = None,
 ) -> None:
     """Stage-1 alignment: train only the bridge, features read through the feature store.
 
@@ -130,6 +133,8 @@ def train_cmd(
             seed=seed,
             **size,
         )
+        if init is not None:
+            _warm_start(job.model, init)
         began, cpu_began = time.perf_counter(), time.process_time()
         result = job.train(
             train_pairs,
@@ -168,6 +173,7 @@ def train_cmd(
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "profile": profile,
         "seed": seed,
+        "init": str(init) if init else None,
     }
     (out / "history.json").write_text(json.dumps(result.history, indent=2))
     (out / "train.json").write_text(json.dumps(summary, indent=2))
@@ -178,6 +184,16 @@ def train_cmd(
         + f"; {summary['steps_per_s']} steps/s, {profile['lm_share']:.0%} of a step in the frozen LM"
         + f"; saved to {markup(out)}/"
     )
+
+
+def _warm_start(model, directory: Path) -> None:
+    """Copy a saved bridge's weights into ``model.bridge``; its config must be the same."""
+    from bridges.bridged_lm import BridgedLM
+
+    saved = BridgedLM.load(directory, model.lm, model.tokenizer)
+    if saved.bridge.config != model.bridge.config:
+        raise ConfigError(f"--init {directory}: bridge {saved.bridge.config} differs from {model.bridge.config}")
+    model.bridge.load_state_dict(saved.bridge.state_dict())
 
 
 @app.command("eval")
