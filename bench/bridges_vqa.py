@@ -1,7 +1,7 @@
 """Learnable bridges trained on easy-VQA, side by side, on the same held-out test questions.
 
     python bench/bridges_vqa.py                       # probe + the three rows, SmolLM2-135M frozen
-    python bench/bridges_vqa.py --rows mlp --train 8000 --epochs 1   # one row, quicker
+    python bench/bridges_vqa.py --rows mlp --train 400 --test 200      # one row, quicker
 
 Every row runs the real commands (``expertbridge bridge train`` then ``bridge eval``) in a
 child process, on EfficientNet-Lite0 features (the ImageNet encoder from PyPI; the whole
@@ -170,7 +170,7 @@ def table(rows: dict[str, dict], text_rows: list[dict], text_source: Path) -> st
     head = (
         "| bridge | test Qs | exact match | " + " | ".join(KINDS) + " | trainable params | training time | s / answer |"
     )
-    lines = [head, "|" + "---|" * (8 + len(KINDS) - 4 + 3)]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows.values():
         e, t = row["eval"], row["train"]
         kinds = " | ".join(f"{e['per_kind'].get(k, {}).get('accuracy', float('nan')):.1%}" for k in KINDS)
@@ -196,12 +196,12 @@ def table(rows: dict[str, dict], text_rows: list[dict], text_source: Path) -> st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="mlp,query,query2d", help=f"comma-separated, of {sorted(ROWS)}")
-    parser.add_argument("--train", type=int, default=8000, help="easy-VQA train questions (stratified by kind)")
+    parser.add_argument("--train", type=int, default=2400, help="easy-VQA train questions (stratified by kind)")
     parser.add_argument("--test", type=int, default=1000, help="easy-VQA test questions (stratified by kind)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--lm", default="local")
