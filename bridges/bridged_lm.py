@@ -26,6 +26,7 @@ Sequence layout (``[BOS]`` only when the tokenizer adds one by default)::
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from experts.errors import ConfigError
 
 from .registry import create_bridge
 
-__all__ = ["FORMAT_VERSION", "BridgeInputs", "BridgedLM"]
+__all__ = ["FORMAT_VERSION", "BridgeInputs", "BridgedLM", "pad_features"]
 
 #: Version of the ``bridge.json`` layout written by :meth:`BridgedLM.save`.
 FORMAT_VERSION = 1
@@ -131,12 +132,28 @@ class BridgedLM:
         return self._prefix + self._ids(before), self._ids(after)
 
     def soft_tokens(self, features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """Bridge output ``(B, k, lm_dim)`` in the LM's embedding dtype, on its device."""
-        if not isinstance(features, torch.Tensor):
-            features = torch.stack([torch.as_tensor(f) for f in features])
+        """Bridge output ``(B, k, lm_dim)`` in the LM's embedding dtype, on its device.
+
+        ``features`` is a ``(B, D)`` / ``(B, P, D)`` tensor, or one tensor per image; images
+        with different patch counts are zero-padded to the longest and the bridge gets the
+        ``key_padding_mask`` (``True`` on padding) — only a bridge that takes one (the query
+        bridge) can read such a batch.
+        """
+        features, mask = pad_features(features)
         # Detached: gradients stop at the bridge, a vision expert upstream stays untouched.
         features = features.detach().to(self.device)
-        return self.bridge(features).to(self.embed_dtype)
+        if mask is None:
+            return self.bridge(features).to(self.embed_dtype)
+        if not self._bridge_takes_mask:
+            raise ConfigError(
+                f"{type(self.bridge).__name__} cannot read images with different patch counts in one batch "
+                "(no key-padding mask); use a query bridge or equal patch counts"
+            )
+        return self.bridge(features, key_padding_mask=mask.to(self.device)).to(self.embed_dtype)
+
+    @property
+    def _bridge_takes_mask(self) -> bool:
+        return "key_padding_mask" in inspect.signature(self.bridge.forward).parameters
 
     def build_inputs(
         self,
@@ -194,8 +211,31 @@ class BridgedLM:
     ) -> torch.Tensor:
         """Mean cross-entropy over the target tokens (and EOS) of the batch."""
         inputs = self.build_inputs(features, prompts, targets)
-        out = self.lm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, labels=inputs.labels)
-        return out.loss
+        body, head = self._body_and_head()
+        if body is None:
+            out = self.lm(
+                inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, labels=inputs.labels
+            )
+            return out.loss
+        # Logits only where a label is: a VQA answer is 2 of ~20 positions, and the LM head (49k × 576 for
+        # SmolLM2) is a fifth of the model. Same value as the LM's own shifted, mean-reduced loss.
+        hidden = body(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask).last_hidden_state
+        labels = inputs.labels[:, 1:]
+        keep = labels != IGNORE_INDEX
+        logits = head(hidden[:, :-1][keep]).float()
+        return torch.nn.functional.cross_entropy(logits, labels[keep])
+
+    def _body_and_head(self) -> tuple[Any, Any]:
+        """The decoder stack and the output head when the LM is the usual ``body → lm_head`` pair, else Nones."""
+        config = getattr(self.lm, "config", None)
+        if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+            return None, None  # the head is more than a linear map: let the LM compute its own loss
+        prefix = getattr(self.lm, "base_model_prefix", "")
+        body = getattr(self.lm, prefix, None) if prefix else None
+        head = self.lm.get_output_embeddings() if hasattr(self.lm, "get_output_embeddings") else None
+        if body is None or head is None or body is self.lm:
+            return None, None
+        return body, head
 
     @torch.no_grad()
     def generate(
@@ -203,9 +243,15 @@ class BridgedLM:
         features: torch.Tensor | Sequence[torch.Tensor],
         prompts: Sequence[str],
         max_new_tokens: int = 32,
+        *,
+        stop: Sequence[str] = (),
         **gen_kwargs: Any,
     ) -> list[str]:
-        """Decode a continuation per image (greedy unless ``gen_kwargs`` say otherwise)."""
+        """Decode a continuation per image (greedy unless ``gen_kwargs`` say otherwise).
+
+        ``stop``: strings that end an answer (e.g. ``["\n"]`` for one-line answers); the text is cut
+        at the first one, and a stop string that is a single token also ends decoding there.
+        """
         was_training = self.bridge.training
         self.bridge.eval()
         try:
@@ -214,7 +260,10 @@ class BridgedLM:
             self.bridge.train(was_training)
         gen_kwargs.setdefault("do_sample", False)
         gen_kwargs.setdefault("pad_token_id", self.pad_token_id)
-        gen_kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+        stop_ids = [ids[0] for ids in (self._ids(text) for text in stop) if len(ids) == 1]
+        gen_kwargs.setdefault(
+            "eos_token_id", [self.tokenizer.eos_token_id, *stop_ids] if stop_ids else self.tokenizer.eos_token_id
+        )
         if not gen_kwargs["do_sample"]:
             # The LM's generation_config may carry sampling knobs; greedy must not warn about them.
             gen_kwargs.setdefault("temperature", None)
@@ -227,7 +276,8 @@ class BridgedLM:
             **gen_kwargs,
         )
         # With inputs_embeds only, decoder-only models return just the new tokens.
-        return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [_cut(text, stop).strip() for text in texts]
 
     # ------------------------------------------------------------------ persistence
     def describe(self) -> dict[str, Any]:
@@ -271,6 +321,40 @@ class BridgedLM:
         bridge = _bridge_matching_file(meta["bridge"], weights_path)
         bridge.load_state_dict(load_file(str(weights_path)))
         return cls(lm, tokenizer, bridge, meta["image_token"], lm_name=lm_name if lm_name is not None else meta["lm"])
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first stop string (all of it if none occurs)."""
+    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(ends)] if ends else text
+
+
+def pad_features(features: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One batch tensor, and a key-padding mask (``True`` = padding) when the images' patch counts differ.
+
+    >>> feats, mask = pad_features([torch.ones(4, 3), torch.ones(1, 3)])
+    >>> tuple(feats.shape), mask.tolist()
+    ((2, 4, 3), [[False, False, False, False], [False, True, True, True]])
+    """
+    if isinstance(features, torch.Tensor):
+        return features, None
+    items = [torch.as_tensor(f) for f in features]
+    if not items:
+        raise ConfigError("no features")
+    if len({tuple(t.shape) for t in items}) == 1:
+        return torch.stack(items), None
+    if any(t.dim() not in (1, 2) for t in items) or len({t.shape[-1] for t in items}) != 1:
+        raise ConfigError(
+            f"features of one batch must share their last dimension, got {[tuple(t.shape) for t in items]}"
+        )
+    items = [t if t.dim() == 2 else t[None] for t in items]
+    longest = max(t.shape[0] for t in items)
+    batch = items[0].new_zeros(len(items), longest, items[0].shape[-1])
+    mask = torch.ones(len(items), longest, dtype=torch.bool)
+    for i, t in enumerate(items):
+        batch[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = False
+    return batch, mask
 
 
 def _bridge_matching_file(config: dict[str, Any], weights_path: Path) -> torch.nn.Module:

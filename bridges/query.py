@@ -7,7 +7,8 @@ self-attention over the queries, cross-attention from queries to patches, and an
 ``torch.nn.TransformerDecoderLayer`` with ``norm_first=True`` is exactly that.
 
 ``pos_2d=True`` adds a fixed 2-D sin-cos encoding of the patch grid to the keys/values
-(Qwen-VL), which needs a square number of patches. A ``(B, D)`` input is one patch.
+(Qwen-VL), which needs a square number of patches per image; with a key-padding mask each
+image gets its own grid (its real patches first, padding after). A ``(B, D)`` input is one patch.
 
 >>> import torch
 >>> bridge = QueryBridge(16, 32, num_queries=4, hidden_dim=8, num_layers=1, num_heads=2)
@@ -130,15 +131,33 @@ class QueryBridge(nn.Module):
             )
         memory = self.input_proj(features.to(self.queries.dtype))
         if self.pos_2d:
-            grid = math.isqrt(patches)
-            if grid * grid != patches:
-                raise ConfigError(f"QueryBridge: pos_2d needs a square patch grid, got P={patches} patches")
-            memory = memory + sincos_2d(grid, self.hidden_dim).to(memory)
+            memory = memory + self._positions(batch, patches, key_padding_mask).to(memory)
         x = self.queries.unsqueeze(0).expand(batch, -1, -1)
         mask = key_padding_mask.bool() if key_padding_mask is not None else None
         for layer in self.layers:
             x = layer(x, memory, memory_key_padding_mask=mask)
         return self.output_proj(self.norm(x))
+
+    def _positions(self, batch: int, patches: int, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """``(B, P, hidden)`` 2-D encodings: each row's own square grid (real patches first), zeros on padding."""
+        if key_padding_mask is None:
+            counts = [patches] * batch
+        else:
+            valid = ~key_padding_mask.bool()
+            counts = [int(v) for v in valid.sum(dim=1)]
+            # Padding must trail: the grid is read row-major from the first patch on.
+            if not all(bool(row[:n].all()) for row, n in zip(valid, counts)):
+                raise ConfigError("QueryBridge: pos_2d needs each row's real patches first, then its padding")
+        out = torch.zeros(batch, patches, self.hidden_dim)
+        cache: dict[int, torch.Tensor] = {}
+        for i, count in enumerate(counts):
+            if count not in cache:
+                grid = math.isqrt(count)
+                if grid * grid != count:
+                    raise ConfigError(f"QueryBridge: pos_2d needs a square patch grid, got P={count} patches")
+                cache[count] = sincos_2d(grid, self.hidden_dim)
+            out[i, :count] = cache[count]
+        return out
 
     @property
     def config(self) -> dict[str, Any]:

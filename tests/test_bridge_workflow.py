@@ -121,7 +121,7 @@ def test_bridge_cli_trains_on_real_smollm2_then_evaluates_and_captions(pairs, tm
     out = tmp_path / "bridge"
     runner = CliRunner()
     res = runner.invoke(
-        app, ["bridge", "train", str(data), "--out", str(out), "--epochs", "30", "--lr", "0.01", "--batch-size", "3"]
+        app, ["bridge", "train", str(data), "--out", str(out), "--epochs", "50", "--lr", "0.01", "--batch-size", "3"]
     )
     assert res.exit_code == 0, res.output
     history = json.loads((out / "history.json").read_text())
@@ -131,6 +131,7 @@ def test_bridge_cli_trains_on_real_smollm2_then_evaluates_and_captions(pairs, tm
         "bridge.safetensors",
         "history.json",
         "job.json",
+        "train.json",
     ]
     res = runner.invoke(app, ["bridge", "eval", str(out), str(data)])
     assert res.exit_code == 0, res.output

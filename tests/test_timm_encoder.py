@@ -92,3 +92,23 @@ def test_pickled_objects_are_refused(tmp_path):
     enc = create_expert("timm", model="resnet18", weights=str(tmp_path / "evil.pth"), device="cpu", offline=True)
     with pytest.raises(ConfigError, match="not a loadable tensor checkpoint"):
         enc.load()
+
+
+def test_patch_tokens_are_the_final_feature_map_and_the_vector_its_normalized_mean():
+    """``patches=True``: (H*W, C) tokens row-major; ``image_size`` sets the grid (64 px → 2×2 for EfficientNet)."""
+    from PIL import Image
+
+    enc = create_expert("timm", model="tf_efficientnet_lite0", weights=None, patches=True, image_size=64, offline=True)
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    image.paste((20, 20, 220), (0, 0, 32, 32))
+    (feats,) = enc.predict([image])
+    assert feats.patches.shape == (4, 1280) and feats.vector.shape == (1280,)
+    mean = feats.patches.mean(axis=0)
+    np.testing.assert_allclose(feats.vector, mean / np.linalg.norm(mean), atol=1e-5)
+    assert not np.allclose(feats.patches[0], feats.patches[3])  # the blue corner is its own token
+    pooled_only = create_expert("timm", model="tf_efficientnet_lite0", weights=None, image_size=64, offline=True)
+    assert enc.identity != pooled_only.identity  # stored entries with and without patches never collide
+    plain = create_expert("timm", model="tf_efficientnet_lite0", weights=None, offline=True)
+    assert set(plain.identity["config"]) == {"normalize", "model"}  # keys stored before these options stay valid
+    with pytest.raises(ConfigError, match="image_size"):
+        create_expert("timm", model="tf_efficientnet_lite0", weights=None, image_size=4)

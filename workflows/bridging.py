@@ -1,4 +1,4 @@
-"""Stage-1 alignment from image–caption pairs: frozen expert → feature store → bridge → frozen LM.
+"""Stage-1 alignment: frozen expert → feature store → bridge → frozen LM, on captions or VQA pairs.
 
     pairs = read_pairs("captions.jsonl")                  # {"image": "a.jpg", "text": "an ant on a leaf"}
     job = BridgeJob(expert=create_expert("timm", ...), lm="local", kind="mlp", store=DirectoryStore("store/"))
@@ -6,9 +6,19 @@
     job.model.save("bridge/")
     job.caption(["ant.jpg"])                                # greedy captions from image features
 
+VQA (``task="vqa"``): pairs are :class:`~workflows.vqa.VQAPair`, the prompt is a template
+with ``{question}`` (default ``"<image>{question}"``) and the target the answer;
+``job.answer(pairs)`` decodes short answers (stop at a newline, a few tokens) and
+``job.evaluate_vqa(pairs)`` scores them by exact match, per question kind.
+
+    job = BridgeJob.create(expert, kind="query", task="vqa", tokens="patches", num_queries=8, pos_2d=True)
+    job.train(read_vqa("easy-vqa:train:4000"), epochs=3)
+    job.evaluate_vqa(read_vqa("easy-vqa:test:1000")).score.accuracy
+
 Features are read through the feature store once per job: the vision expert runs only on
-images it has never seen, and every epoch trains on the stored features. Images that cannot
-be read are reported and left out; the rest train.
+images it has never seen (each distinct image once), and every epoch trains on the stored
+features. ``tokens="patches"`` feeds the expert's patch tokens (query bridges) instead of its
+pooled vector. Images that cannot be read are reported and left out; the rest train.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +43,15 @@ from experts import ConfigError, Expert
 from experts.stored import check_stored_weights, expert_from_stored, stored_spec
 from workflows.settings import Settings
 from workflows.store_runner import run_through_store
+from workflows.vqa import DEFAULT_VQA_PROMPT, VQAPair, VQAScore, score_answers
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "<image>Caption:"
+TASKS = ("caption", "vqa")
+TOKENS = ("pooled", "patches")
+#: Answers of a VQA bridge are a word or two: decoding stops at a newline or after this many tokens.
+VQA_MAX_NEW_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,18 @@ class BridgeJob:
     store: FeatureStore | None = None
     prompt: str = DEFAULT_PROMPT
     dropped: dict[str, str] = field(default_factory=dict)
+    #: "pooled": one vector per image; "patches": the expert's patch tokens (for query bridges)
+    tokens: str = "pooled"
+    #: "caption" (image → text) or "vqa" (image + question → short answer)
+    task: str = "caption"
+
+    def __post_init__(self) -> None:
+        if self.tokens not in TOKENS:
+            raise ConfigError(f"tokens must be one of {TOKENS}, got {self.tokens!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "vqa" and "{question}" not in self.prompt:
+            raise ConfigError(f"a VQA prompt needs a {{question}} slot, got {self.prompt!r}")
 
     @classmethod
     def create(
@@ -91,18 +119,33 @@ class BridgeJob:
         lm: str = DEFAULT_LOCAL_MODEL,
         kind: str = "mlp",
         store: FeatureStore | None = None,
-        prompt: str = DEFAULT_PROMPT,
+        prompt: str | None = None,
+        task: str = "caption",
+        tokens: str = "pooled",
+        seed: int | None = None,
         **bridge_config: Any,
     ) -> BridgeJob:
+        """A new job; ``seed`` seeds the bridge's initial weights (training shuffles with its own seed)."""
         net, tokenizer, name = load_local_lm(lm)
-        feature_dim = int(expert.config.get("dim") or 0) or _probe_dim(expert)
+        feature_dim = int(expert.config.get("dim") or 0) or _probe_dim(expert, tokens)
+        if seed is not None:
+            torch.manual_seed(seed)
         bridge = create_bridge(kind, in_dim=feature_dim, lm_dim=net.config.hidden_size, **bridge_config)
-        return cls(expert, BridgedLM(net, tokenizer, bridge, lm_name=name), store, prompt)
+        if prompt is None:
+            prompt = DEFAULT_VQA_PROMPT if task == "vqa" else DEFAULT_PROMPT
+        model = BridgedLM(net, tokenizer, bridge, lm_name=name)
+        return cls(expert, model, store, prompt, tokens=tokens, task=task)
 
     def save(self, directory: str | Path) -> Path:
         """The bridge (safetensors + JSON) and ``job.json``: the expert that makes its features, and the prompt."""
         directory = self.model.save(directory)
-        job = {"expert": stored_spec(self.expert), "identity": self.expert.identity, "prompt": self.prompt}
+        job = {
+            "expert": stored_spec(self.expert),
+            "identity": self.expert.identity,
+            "prompt": self.prompt,
+            "task": self.task,
+            "tokens": self.tokens,
+        }
         (Path(directory) / "job.json").write_text(json.dumps(job, indent=2, default=str))
         return Path(directory)
 
@@ -142,31 +185,120 @@ class BridgeJob:
                 bare_names_are_hub_ids=True,
             )
         net, tokenizer, name = load_local_lm(lm)
-        return cls(expert, BridgedLM.load(directory, net, tokenizer, lm_name=name), store, job["prompt"])
+        model = BridgedLM.load(directory, net, tokenizer, lm_name=name)
+        return cls(
+            expert,
+            model,
+            store,
+            job["prompt"],
+            tokens=job.get("tokens", "pooled"),
+            task=job.get("task", "caption"),
+        )
 
     def features(self, images: Sequence[str]) -> tuple[list[torch.Tensor | None], dict[str, str]]:
-        """One feature vector per image (None where unreadable) and the errors, through the store."""
-        results, run = run_through_store(self.expert, list(images), self.store)
-        log.info("bridge features: %d from the store, %d computed, %d failed", run.hits, run.misses, run.failed)
-        vectors = [torch.as_tensor(r.evidence.vector) if r.ok else None for r in results]
-        return vectors, {r.source: r.error for r in results if not r.ok}
+        """One feature tensor per image (None where unreadable) and the errors, through the store.
 
-    def training_pairs(self, pairs: Sequence[CaptionPair]) -> list[tuple[torch.Tensor, str, str]]:
+        Each distinct image is looked up (or computed) once, however many questions ask about it;
+        with ``tokens="patches"`` the tensor is the ``(P, D)`` patch tokens, else the ``(D,)`` vector.
+        """
+        images = [str(i) for i in images]
+        unique = list(dict.fromkeys(images))
+        results, run = run_through_store(self.expert, unique, self.store)
+        log.info("bridge features: %d from the store, %d computed, %d failed", run.hits, run.misses, run.failed)
+        by_image: dict[str, torch.Tensor | None] = {}
+        for image, r in zip(unique, results):
+            if not r.ok:
+                by_image[image] = None
+            elif self.tokens == "patches":
+                if r.evidence.patches is None:
+                    raise ConfigError(
+                        f"{self.expert.name} returned no patch tokens; create it with patches=True for tokens='patches'"
+                    )
+                by_image[image] = torch.as_tensor(r.evidence.patches)
+            else:
+                by_image[image] = torch.as_tensor(r.evidence.vector)
+        errors = {str(img): r.error for img, r in zip(unique, results) if not r.ok}
+        return [by_image[i] for i in images], errors
+
+    def prompt_for(self, question: str) -> str:
+        """The prompt a VQA bridge sees: the template with the question filled in."""
+        return self.prompt.replace("{question}", question.strip())
+
+    def training_pairs(self, pairs: Sequence[CaptionPair | VQAPair]) -> list[tuple[torch.Tensor, str, str]]:
+        """(features, prompt, target) for each pair whose image is readable (the others are reported)."""
         vectors, errors = self.features([p.image for p in pairs])
         self.dropped.update(errors)
         if errors:
             log.warning("left out %d unreadable images: %s", len(errors), errors)
-        return [(v, self.prompt, p.text) for v, p in zip(vectors, pairs) if v is not None]
+        out = []
+        for v, p in zip(vectors, pairs):
+            if v is None:
+                continue
+            if isinstance(p, VQAPair):
+                if self.task != "vqa":
+                    raise ConfigError("this bridge job captions images; VQA pairs need task='vqa'")
+                out.append((v, self.prompt_for(p.question), p.answer))
+            else:
+                if self.task != "caption":
+                    raise ConfigError("this bridge job answers questions; give it VQA pairs (image, question, answer)")
+                out.append((v, self.prompt, p.text))
+        return out
 
-    def train(self, pairs: Sequence[CaptionPair], *, val: Sequence[CaptionPair] = (), **options: Any) -> TrainResult:
+    def train(
+        self, pairs: Sequence[CaptionPair | VQAPair], *, val: Sequence[CaptionPair | VQAPair] = (), **options: Any
+    ) -> TrainResult:
         """Stage-1 training of the bridge only (expert and LM frozen); ``options`` go to ``train_bridge``."""
         train = self.training_pairs(pairs)
         if not train:
             raise ConfigError("no readable training images")
         return train_bridge(self.model, train, val_pairs=self.training_pairs(val) if val else None, **options)
 
-    def eval_loss(self, pairs: Sequence[CaptionPair]) -> float:
+    def eval_loss(self, pairs: Sequence[CaptionPair | VQAPair]) -> float:
         return evaluate(self.model, self.training_pairs(pairs))
+
+    def answer(
+        self,
+        pairs: Sequence[VQAPair],
+        *,
+        max_new_tokens: int = VQA_MAX_NEW_TOKENS,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> list[str | None]:
+        """Greedy short answers (stop at a newline or ``max_new_tokens``); ``None`` where the image is unreadable."""
+        vectors, errors = self.features([p.image for p in pairs])
+        self.dropped.update(errors)
+        ok = [i for i, v in enumerate(vectors) if v is not None]
+        answers: list[str | None] = [None] * len(pairs)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(ok), desc="answers", unit="q")
+        try:
+            for start in range(0, len(ok), batch_size):
+                chunk = ok[start : start + batch_size]
+                texts = self.model.generate(
+                    [vectors[i] for i in chunk],
+                    [self.prompt_for(pairs[i].question) for i in chunk],
+                    max_new_tokens,
+                    stop=["\n"],
+                )
+                for i, text in zip(chunk, texts):
+                    answers[i] = text
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return answers
+
+    def evaluate_vqa(self, pairs: Sequence[VQAPair], **options: Any) -> VQAEval:
+        """Answer ``pairs`` and score them (an unreadable image counts as a wrong, empty answer)."""
+        began = time.perf_counter()
+        answers = self.answer(pairs, **options)
+        seconds = time.perf_counter() - began
+        predictions = [a if a is not None else "" for a in answers]
+        return VQAEval(score_answers(pairs, predictions), list(pairs), predictions, seconds)
 
     def caption(self, images: Sequence[str], *, max_new_tokens: int = 32) -> list[dict[str, Any]]:
         """Greedy captions from image features; an unreadable image gets its error instead."""
@@ -186,7 +318,26 @@ class BridgeJob:
         return out
 
 
-def _probe_dim(expert: Expert) -> int:
+@dataclass(frozen=True)
+class VQAEval:
+    """What :meth:`BridgeJob.evaluate_vqa` measured: the score, the questions and answers, the wall time."""
+
+    score: VQAScore
+    pairs: list[VQAPair]
+    predictions: list[str]
+    seconds: float
+
+    @property
+    def seconds_per_answer(self) -> float:
+        return self.seconds / max(1, len(self.pairs))
+
+
+def _probe_dim(expert: Expert, tokens: str = "pooled") -> int:
     from PIL import Image
 
-    return int(expert(Image.new("RGB", (32, 32))).dim)
+    evidence = expert(Image.new("RGB", (64, 64)))
+    if tokens == "patches":
+        if evidence.patches is None:
+            raise ConfigError(f"{expert.name} returned no patch tokens; create it with patches=True")
+        return int(evidence.patches.shape[-1])
+    return int(evidence.dim)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from experts import ExpertBridgeError  # experts.errors only: cheap
+from experts import ConfigError, ExpertBridgeError  # experts.errors only: cheap
 from workflows.commands.root import command_group, console, finish
 from workflows.rendering import markup
 from workflows.settings import Settings
@@ -25,73 +25,224 @@ def _fail(err: Exception):
     raise typer.Exit(2) from err
 
 
+PairsSource = Annotated[
+    str,
+    typer.Argument(
+        help="caption pairs (JSONL {image, text} / CSV image,text), VQA pairs (JSONL/CSV {image, question, answer}) "
+        "or easy-vqa:SPLIT[:N] (N questions, equal shares per kind)"
+    ),
+]
+
+
+def _read_source(source: str, *, seed: int = 0):
+    """Caption or VQA pairs, told apart by the source: easy-vqa:…, or a file whose rows have a question."""
+    from workflows.bridging import read_pairs
+    from workflows.vqa import read_vqa
+
+    if source.startswith("easy-vqa:") or _has_questions(Path(source)):
+        return "vqa", read_vqa(source, seed=seed)
+    return "caption", read_pairs(source)
+
+
+def _has_questions(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    if path.suffix.lower() == ".csv":
+        return "question" in [c.strip() for c in first.split(",")]
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and "question" in row
+
+
 @app.command("train")
 def train_cmd(
-    pairs: PairsArg,
+    pairs: PairsSource,
     out: Annotated[Path, typer.Option(help="directory for the trained bridge")],
     kind: Annotated[str, typer.Option(help="linear, mlp or query")] = "mlp",
     expert: Annotated[str, typer.Option(help="feature expert (weights from settings)")] = "timm",
     lm: Annotated[str, typer.Option(help="local LM: local (SmolLM2-135M), local:PATH or local:HUB_ID")] = "local",
     tokens: Annotated[int, typer.Option(help="soft tokens (linear/mlp) or queries (query)")] = 4,
+    features: Annotated[
+        str, typer.Option(help="pooled (one vector per image) or patches (patch tokens); default: patches for query")
+    ] = "",
+    image_size: Annotated[
+        int | None, typer.Option(help="resize whole images to N×N for the expert (timm/dinov2), e.g. 128 for easy-VQA")
+    ] = None,
+    pos_2d: Annotated[bool, typer.Option("--pos-2d", help="query bridge: add 2-D sin-cos patch positions")] = False,
+    store_patches: Annotated[
+        bool,
+        typer.Option("--store-patches", help="pooled features read from the patch-token entries query bridges store"),
+    ] = False,
+    hidden_dim: Annotated[int | None, typer.Option(help="bridge hidden width (mlp, query)")] = None,
+    layers: Annotated[int, typer.Option(help="query bridge: cross-attention layers")] = 2,
+    prompt: Annotated[str | None, typer.Option(help="prompt; VQA: a template with {question}")] = None,
     epochs: int = 20,
     batch_size: int = 8,
     lr: float = 1e-3,
-    seed: int = 0,
-    val: Annotated[Path | None, typer.Option(help="validation pairs (eval loss each epoch)")] = None,
+    warmup_steps: int = 0,
+    seed: Annotated[
+        int, typer.Option(help="seeds the bridge's initial weights, the shuffling and easy-VQA samples")
+    ] = 0,
+    val: Annotated[str | None, typer.Option(help="validation pairs (eval loss each epoch)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoints if present")] = False,
+    init: Annotated[
+        Path | None, typer.Option(help="start from this saved bridge's weights (same bridge settings), e.g. more data")
+    ] = None,
 ) -> None:
-    """Stage-1 alignment: train only the bridge, features read through the feature store."""
+    """Stage-1 alignment: train only the bridge, features read through the feature store.
+
+    Writes OUT/ (the bridge, job.json, history.json and train.json: setup, trainable parameters,
+    time, steps/s, peak RSS and the share of a step spent in the frozen LM).
+    """
+    import time
+
+    from bridges.training import peak_rss_mb, profile_step
     from cache.store import DirectoryStore
     from experts import create_expert
-    from workflows.bridging import BridgeJob, read_pairs
+    from workflows.bridging import BridgeJob
 
     settings = Settings()
-    size = {"num_queries": tokens} if kind == "query" else {"num_tokens": tokens}
     try:
+        task, train_pairs = _read_source(pairs, seed=seed)
+        val_pairs = _read_source(val, seed=seed + 1)[1] if val else ()
+        features = features or ("patches" if kind == "query" else "pooled")
+        size: dict = {"num_queries": tokens} if kind == "query" else {"num_tokens": tokens}
+        if kind == "query":
+            size.update(num_layers=layers, pos_2d=pos_2d)
+        elif pos_2d:
+            raise ConfigError("--pos-2d applies to --kind query only")
+        if hidden_dim is not None:
+            size["hidden_dim"] = hidden_dim
+        options = dict(settings.expert_kwargs(expert))
+        if features == "patches" or store_patches:
+            options["patches"] = True
+        if image_size is not None:
+            options["image_size"] = image_size
         job = BridgeJob.create(
-            create_expert(expert, **settings.expert_kwargs(expert)),
+            create_expert(expert, **options),
             lm=lm,
             kind=kind,
             store=DirectoryStore(settings.store_dir),
+            prompt=prompt,
+            task=task,
+            tokens=features,
+            seed=seed,
             **size,
         )
+        if init is not None:
+            _warm_start(job.model, init)
+        began, cpu_began = time.perf_counter(), time.process_time()
         result = job.train(
-            read_pairs(pairs),
-            val=read_pairs(val) if val else (),
+            train_pairs,
+            val=val_pairs,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            warmup_steps=warmup_steps,
             seed=seed,
             checkpoint_dir=out / "checkpoints",
             resume=resume,
             progress=True,
         )
+        seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
         job.save(out)
+        profile = profile_step(job.model, job.training_pairs(train_pairs[:batch_size]))
     except ExpertBridgeError as err:
         _fail(err)
     first, last = result.history[0], result.history[-1]
+    steps = sum(r["steps"] for r in result.history)
+    train_seconds = sum(r["seconds"] for r in result.history)
+    summary = {
+        "task": task,
+        "source": pairs,
+        "pairs": len(train_pairs),
+        "kind": kind,
+        "features": features,
+        "bridge": job.model.bridge.config,
+        "trainable_parameters": sum(p.numel() for p in job.model.parameters()),
+        "epochs": len(result.history),
+        "steps": steps,
+        "train_seconds": round(train_seconds, 1),
+        "wall_seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),  # this process's CPU time (the machine may be shared)
+        "steps_per_s": round(steps / max(train_seconds, 1e-9), 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "profile": profile,
+        "seed": seed,
+        "init": str(init) if init else None,
+    }
+    (out / "history.json").write_text(json.dumps(result.history, indent=2))
+    (out / "train.json").write_text(json.dumps(summary, indent=2))
     console.print(
         f"train loss {first['train_loss']:.3f} → {last['train_loss']:.3f} over {len(result.history)} epochs"
         + (f", val {last['val_loss']:.3f}" if last.get("val_loss") is not None else "")
         + (f"; left out {len(job.dropped)} unreadable images" if job.dropped else "")
+        + f"; {summary['steps_per_s']} steps/s, {profile['lm_share']:.0%} of a step in the frozen LM"
         + f"; saved to {markup(out)}/"
     )
-    (out / "history.json").write_text(json.dumps(result.history, indent=2))
+
+
+def _warm_start(model, directory: Path) -> None:
+    """Copy a saved bridge's weights into ``model.bridge``; its config must be the same."""
+    from bridges.bridged_lm import BridgedLM
+
+    saved = BridgedLM.load(directory, model.lm, model.tokenizer)
+    if saved.bridge.config != model.bridge.config:
+        raise ConfigError(f"--init {directory}: bridge {saved.bridge.config} differs from {model.bridge.config}")
+    model.bridge.load_state_dict(saved.bridge.state_dict())
 
 
 @app.command("eval")
-def eval_cmd(model: Annotated[Path, typer.Argument(help="directory written by `bridge train`")], pairs: PairsArg):
-    """Mean caption loss of a trained bridge on image–caption pairs."""
+def eval_cmd(
+    model: Annotated[Path, typer.Argument(help="directory written by `bridge train`")],
+    pairs: PairsSource,
+    report: Annotated[Path | None, typer.Option(help="VQA: write report.html, loss.png and eval.json here")] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="VQA: longest answer, in tokens (decoding also stops at a newline)")
+    ] = 4,
+    batch_size: int = 64,
+    seed: Annotated[int, typer.Option(help="seed of an easy-vqa:SPLIT:N sample")] = 0,
+) -> None:
+    """Caption bridges: mean caption loss. VQA bridges: exact-match accuracy overall and per question kind."""
     from cache.store import DirectoryStore
-    from workflows.bridging import BridgeJob, read_pairs
+    from workflows.bridging import BridgeJob
 
     try:
         settings = Settings()
+        task, data = _read_source(pairs, seed=seed)
         job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
-        loss = job.eval_loss(read_pairs(pairs))
+        if job.task != task:
+            raise ConfigError(f"{model} is a {job.task} bridge but {pairs} holds {task} pairs")
+        if task == "caption":
+            typer.echo(f"caption loss {job.eval_loss(data):.4f}")
+            return
+        evaluation = job.evaluate_vqa(data, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True)
     except ExpertBridgeError as err:
         _fail(err)
-    typer.echo(f"caption loss {loss:.4f}")
+    score = evaluation.score
+    table = Table("kind", "correct", "total", "accuracy")
+    for k, (c, t) in sorted(score.per_kind.items()):
+        table.add_row(markup(k), str(c), str(t), f"{c / t:.1%}")
+    table.add_row("all", str(score.correct), str(score.total), f"{score.accuracy:.1%}")
+    Console().print(table)
+    if report is not None:
+        from workflows.bridge_report import write_vqa_report
+
+        history_file = model / "history.json"
+        history = json.loads(history_file.read_text()) if history_file.is_file() else []
+        setup = {"bridge": markup(model), "questions": pairs, "max_new_tokens": max_new_tokens}
+        page = write_vqa_report(
+            report, evaluation, history=history, title=f"Bridge {model.name} on {pairs}", setup=setup
+        )
+        console.print(f"report: {markup(page)}")
+    typer.echo(
+        f"exact match {score.accuracy:.4f} ({score.correct}/{score.total}), "
+        f"{evaluation.seconds_per_answer:.4f} s/answer"
+    )
 
 
 @app.command("caption")
