@@ -198,8 +198,11 @@ def run_models(
 
         def show(i: int, row: EvalRow, name: str = name) -> None:
             mark = "ok " if row.correct else "BAD"
-            print(f"  {label} {name} {i + 1}/{len(items)} {mark} {row.seconds:5.1f}s {row.item.question!r} → "
-                  f"{(row.raw or row.error or '')[:60]!r} (gold {row.item.answer})", flush=True)
+            print(
+                f"  {label} {name} {i + 1}/{len(items)} {mark} {row.seconds:5.1f}s {row.item.question!r} → "
+                f"{(row.raw or row.error or '')[:60]!r} (gold {row.item.answer})",
+                flush=True,
+            )
 
         print(f"{label}: {spec} (loaded in {loads[spec]:.1f}s)")
         rows[name] = run_planner(planner, items, progress=show)
@@ -268,8 +271,7 @@ def main() -> None:
     notes = [
         f"{args.questions} easy-VQA test questions, seed {args.seed}, {args.shots} shots per class; "
         f"models: {', '.join(models)}; limits: {LIMITS}.",
-        "Model load times (not counted per question): "
-        + ", ".join(f"{m} {s:.1f}s" for m, s in loads.items()),
+        "Model load times (not counted per question): " + ", ".join(f"{m} {s:.1f}s" for m, s in loads.items()),
         f"Total wall time {time.perf_counter() - started:.0f}s on {os.cpu_count()} CPU cores.",
     ]
     (args.out / "report.html").write_text(report_html(runs, title="expertbridge reasoning benchmark", notes=notes))

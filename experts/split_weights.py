@@ -98,9 +98,7 @@ class SplitWeights:
         return _verified(self.target(cache_dir), self.sha256)
 
 
-def assemble(
-    split: SplitWeights, cache_dir: str | os.PathLike | None = None, *, progress: bool = True
-) -> Path:
+def assemble(split: SplitWeights, cache_dir: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
     """The assembled file in ``cache_dir`` (built and verified on first use; see the module docstring)."""
     target = split.target(cache_dir)
     if _verified(target, split.sha256):

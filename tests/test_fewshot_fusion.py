@@ -173,7 +173,7 @@ def test_fewer_experts_are_chosen_only_when_they_win_by_more_than_one_standard_e
     for seed in range(8):  # synthetic experts: "a" sees every class, "b" barely; find runs where argmax ≠ rule
         gen = torch.Generator().manual_seed(seed)
 
-        def split(n_per_class):
+        def split(n_per_class, gen=gen):
             labels = torch.arange(classes).repeat_interleave(n_per_class)
             a = torch.randn(len(labels), dim, generator=gen) * 1.2
             b = torch.randn(len(labels), dim, generator=gen)
@@ -189,7 +189,10 @@ def test_fewer_experts_are_chosen_only_when_they_win_by_more_than_one_standard_e
         for subset in subsets:
             sub = FewShotClassifier([_Named(n) for n in subset], method="auto", augment_views=1, select_experts=False)
             sub.fit_features(
-                {n: support[n][None] for n in subset}, labels, {n: val[n] for n in subset}, val_labels,
+                {n: support[n][None] for n in subset},
+                labels,
+                {n: val[n] for n in subset},
+                val_labels,
                 classnames=list("uvwxyz"),
             )
             correct.append(sub.logits({n: val[n] for n in subset})[0].argmax(-1) == val_labels)

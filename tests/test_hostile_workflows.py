@@ -213,4 +213,3 @@ def test_queued_batch_submit_fails_each_hostile_item_alone_and_the_worker_surviv
         except subprocess.TimeoutExpired:
             worker.kill()
         worker_log.close()
-

@@ -118,9 +118,10 @@ def qwen05(qwen05_path):
     return LlamaCppChatModel(model=str(qwen05_path), n_ctx=2048, max_tokens=96, seed=0).load()
 
 
-ASK = [SystemMessage("You answer questions about an image you cannot see. Use the tools."), HumanMessage(
-    "What color is the triangle in the image?"
-)]
+ASK = [
+    SystemMessage("You answer questions about an image you cannot see. Use the tools."),
+    HumanMessage("What color is the triangle in the image?"),
+]
 
 
 @pytest.mark.slow
@@ -144,9 +145,10 @@ def test_a_named_forced_call_and_seeded_sampling_repeat_exactly(qwen05):
     first = bound.invoke(ASK, temperature=0.8, seed=11)
     again = bound.invoke(ASK, temperature=0.8, seed=11)
     assert first.tool_calls[0]["name"] == "classify_few_shot"
-    assert first.tool_calls == again.tool_calls and first.response_metadata["raw_text"] == again.response_metadata[
-        "raw_text"
-    ]
+    assert (
+        first.tool_calls == again.tool_calls
+        and first.response_metadata["raw_text"] == again.response_metadata["raw_text"]
+    )
 
 
 @pytest.mark.slow
@@ -230,9 +232,27 @@ def llama_server(qwen05_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("llama_server") / "server.log"
     with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would stall the server
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(qwen05_path), "--model_alias", "qwen",
-             "--chat_format", "chatml-function-calling", "--host", "127.0.0.1", "--port", str(port),
-             "--n_ctx", "2048", "--n_threads", "1", "--verbose", "False"],
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(qwen05_path),
+                "--model_alias",
+                "qwen",
+                "--chat_format",
+                "chatml-function-calling",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "1",
+                "--verbose",
+                "False",
+            ],
             stdout=sink,
             stderr=subprocess.STDOUT,
         )

@@ -146,8 +146,14 @@ def test_html_trace_escapes_every_field_of_a_trace_read_back_from_json():
         "evidence_used": [evil],
         "stopped_by": evil,
         "steps": [
-            {"kind": "model", "started": 0, "seconds": 0, "content": evil, "note": evil,
-             "tool_calls": [{"name": evil, "args": {evil: evil}}]},
+            {
+                "kind": "model",
+                "started": 0,
+                "seconds": 0,
+                "content": evil,
+                "note": evil,
+                "tool_calls": [{"name": evil, "args": {evil: evil}}],
+            },
             {"kind": "tool", "started": 0, "seconds": 0, "tool": evil, "arguments": {evil: evil}, "output": evil},
             {"kind": evil, "started": 0, "seconds": 0, "content": evil},
         ],

@@ -85,9 +85,7 @@ def test_a_sha256_mismatch_is_a_clear_error_and_leaves_no_file(site, tmp_path):
 
 def test_a_wrong_total_size_fails_before_writing(site, tmp_path):
     whole = b"".join(PIECES)
-    split = SplitWeights(
-        "fake-model.gguf", hashlib.sha256(whole).hexdigest(), len(whole) + 1, fake_split(PIECES).parts
-    )
+    split = SplitWeights("fake-model.gguf", hashlib.sha256(whole).hexdigest(), len(whole) + 1, fake_split(PIECES).parts)
     with pytest.raises(WeightsNotFoundError, match="expected"):
         assemble(split, tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache" / "fake-model.gguf").exists()

@@ -244,9 +244,7 @@ class FewShotClassifier:
         }
         return Features(by_branch, ok, errors, reasons)
 
-    def support_views(
-        self, sources: Sequence[str], *, on_done: Callable[[int], None] | None = None
-    ) -> Features:
+    def support_views(self, sources: Sequence[str], *, on_done: Callable[[int], None] | None = None) -> Features:
         """``(V, N, D)`` per branch, ``V = augment_views``: view 0 is the image itself, the others
         :func:`augmentation` views; only items readable in every view are kept."""
         stacks: dict[str, list[torch.Tensor]] = {n: [] for n in self.experts}

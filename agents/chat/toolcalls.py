@@ -269,9 +269,7 @@ def choice_is_none(tool_choice: Any) -> bool:
     return tool_choice == "none" or tool_choice is False
 
 
-def tools_for_call(
-    tools: Sequence[dict[str, Any]] | None, tool_choice: Any
-) -> tuple[list[dict[str, Any]], str | None]:
+def tools_for_call(tools: Sequence[dict[str, Any]] | None, tool_choice: Any) -> tuple[list[dict[str, Any]], str | None]:
     """The tools a call shows the model, and the call it must make (see :func:`forced_choice`).
 
     ``"none"`` withdraws the tools; a call forced to one tool shows only that tool.

@@ -82,9 +82,7 @@ def _print_status(st: JobStatus) -> None:
     if st.errors:
         errors = Table("item", "source", "reason", "error", title=f"failed items (first {len(st.errors)})")
         for item, e in st.errors.items():
-            errors.add_row(
-                *(markup(v) for v in (item, e.get("source"), e.get("reason"), str(e.get("error"))[:120]))
-            )
+            errors.add_row(*(markup(v) for v in (item, e.get("source"), e.get("reason"), str(e.get("error"))[:120])))
         Console().print(errors)
 
 
