@@ -69,8 +69,7 @@ expert vision models that look at the image for you. Think step by step:
 4. Mind negations: "is there not a X?", "is no X present?" and "does the image not contain a X?" are true \
 (answer yes) when there is no X. A question offering choices ("a cat or a dog?") is answered with one of them.
 When you are done, reply in exactly this format:
-Reasoning: <copy, word for word, the tool sentence about the same kind of thing the question asks about \
-(a color, a shape, an object); then compare it with what the question asks>
+Reasoning: <restate the question; then compare what it asks about with the tool results, step by step>
 Answer: <the short answer>
 Evidence: <the names of the tools whose results you used, comma-separated>"""
 
