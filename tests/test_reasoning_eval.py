@@ -162,3 +162,20 @@ def test_classify_few_shot_states_every_classifier_and_what_it_ruled_out():
     assert "blue" not in message.content  # a colour ruled out is never named: small models read it as present
     evidence = message.artifact["evidence"]
     assert evidence["type"] == "few_shot" and evidence["classifiers"]["color"]["labels"][0] == "red"
+
+
+def test_report_thumbnails_are_png_data_uris_and_an_unreadable_image_gives_none(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from workflows.thumbnails import thumbnail_uri
+
+    Image.new("RGB", (300, 150), "red").save(tmp_path / "wide.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    uri = thumbnail_uri(str(tmp_path / "wide.png"))
+    assert uri.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as small:
+        assert small.size == (96, 48) and small.getpixel((10, 10)) == (255, 0, 0)
+    assert thumbnail_uri(str(tmp_path / "broken.png")) == "" and thumbnail_uri(str(tmp_path / "none.png")) == ""

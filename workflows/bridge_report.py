@@ -10,9 +10,7 @@ string is escaped.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from workflows.thumbnails import thumbnail_uri  # noqa: E402
 from workflows.vqa import VQAScore, normalize_answer  # noqa: E402
 
 __all__ = ["confusion_table", "plot_loss", "write_vqa_report"]
@@ -67,20 +66,6 @@ def confusion_table(score: VQAScore, *, max_answers: int = 16) -> tuple[list[str
     labels = (gold + other)[:max_answers]
     counts = [[score.confusion.get((g, p), 0) for p in labels] for g in gold]
     return labels, counts
-
-
-def _image_uri(path: str) -> str:
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((96, 96))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    except Exception:  # an unreadable image still gets its row, without a picture
-        return ""
 
 
 def write_vqa_report(
@@ -154,7 +139,7 @@ def write_vqa_report(
     for i in shown:
         pair, pred = evaluation.pairs[i], evaluation.predictions[i]
         cls = "ok" if i in right else "bad"
-        uri = _image_uri(pair.image)
+        uri = thumbnail_uri(pair.image)
         img = f"<img src='{uri}' width=64 height=64>" if uri else ""
         parts.append(
             f"<tr><td>{img}</td><td class=l>{esc(pair.question)}</td><td class=l>{esc(pair.answer)}</td>"

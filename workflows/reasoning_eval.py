@@ -15,7 +15,6 @@ with the error kept in its row.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import statistics
@@ -29,6 +28,7 @@ from agents.planner import Planner
 from agents.trace import Trace
 from agents.trace_html import trace_to_html
 from experts.errors import ExpertBridgeError
+from workflows.thumbnails import thumbnail_uri
 
 _NUMBER_WORDS = {
     w: i
@@ -237,17 +237,8 @@ def _trace_block(row: EvalRow) -> str:
 
 
 def _thumb(image: str) -> str:
-    try:
-        from PIL import Image
-
-        with Image.open(image) as im:
-            small = im.convert("RGB")
-            small.thumbnail((96, 96))
-            buffer = io.BytesIO()
-            small.save(buffer, format="PNG")
-    except Exception:  # noqa: BLE001 - the row is still useful without its picture
-        return ""
-    return f"<img class='thumb' alt='' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+    uri = thumbnail_uri(image)
+    return f"<img class='thumb' alt='' src='{uri}'>" if uri else ""
 
 
 def rows_to_json(runs: Mapping[str, Mapping[str, Sequence[EvalRow]]]) -> str:
