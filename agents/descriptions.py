@@ -21,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 
+from cache.atomic_write import atomic_write
 from experts.clip import template_set
 from experts.errors import ConfigError
 
@@ -309,16 +308,10 @@ def _read(cache: Path, key: Mapping[str, Any]) -> str | None:
 
 
 def _write(cache: Path, key: Mapping[str, Any], reply: str) -> None:
-    """Atomic: a crash or a concurrent run never leaves a half-written entry (tmp file + os.replace)."""
+    """Atomic: a crash or a concurrent run never leaves a half-written entry."""
     cache.mkdir(parents=True, exist_ok=True)
     # The raw reply is stored, not the parsed answers, so better cleaning applies without new calls.
     # The model's params aren't stored: the file name (a hash) is enough, and they might be sensitive.
     record = {"format": FORMAT, "class": key["class"], "question": key["question"], "reply": reply}
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, _path(cache, key))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(_path(cache, key)) as f:
+        json.dump(record, f, ensure_ascii=False, indent=1)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cache.atomic_write import atomic_write
 from cache.codec import STORABLE_DTYPES, DamagedRecordError, decode_record, encode_record
 
 __all__ = ["STORABLE_DTYPES", "DirectoryStore", "FeatureStore", "StoreStats"]
@@ -201,16 +201,8 @@ class DirectoryStore(FeatureStore):
         for key, value in items.items():
             path = self._path(key)
             path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=self.SUFFIX)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(encode_record(key, value))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_write(path, "wb", fsync=True) as fh:
+                fh.write(encode_record(key, value))
             _unlink(self._path(key, self.LEGACY_SUFFIX))  # its pre-checksum entry, if any, is superseded
 
     def _files(self, suffix: str = SUFFIX) -> Iterator[Path]:
