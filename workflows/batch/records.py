@@ -143,18 +143,28 @@ def redis_errors() -> tuple[type[BaseException], ...]:
 
 
 def retrying(fn: Callable[[], T], seconds: float) -> T:
-    """Call ``fn``, retrying while Redis is unreachable for up to ``seconds``."""
-    errors = redis_errors()
+    """Call ``fn``, retrying while Redis is unreachable for up to ``seconds``.
+
+    ``fn`` may be several commands (a read, then a transaction): the whole of it runs again.
+    redis-py's :class:`~redis.retry.Retry` does the loop and the backoff (0.2 s doubling up to
+    2 s). It counts retries, but ``redis_retry_seconds`` is a time budget that includes the
+    attempts themselves (an unreachable host takes the connect timeout each time), so the
+    failure hook ends it when the next wait would pass the deadline.
+    """
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    backoff = ExponentialBackoff(cap=2.0, base=0.1)  # compute(n) = min(2, 0.1 * 2**n): 0.2, 0.4, 0.8, 1.6, 2, ...
     deadline = time.monotonic() + seconds
-    delay = 0.2
-    while True:
-        try:
-            return fn()
-        except errors:
-            if time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    failures = 0
+
+    def give_up_at_deadline(error: Exception) -> None:
+        nonlocal failures
+        failures += 1  # counted here: redis-py < 6 does not pass the count to the hook
+        if time.monotonic() + backoff.compute(failures) > deadline:
+            raise error
+
+    return Retry(backoff, retries=-1, supported_errors=redis_errors()).call_with_retry(fn, give_up_at_deadline)
 
 
 def redis_client(url: str, *, connect_timeout: float = 3.0):
