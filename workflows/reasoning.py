@@ -15,9 +15,10 @@ LangChain chat model; the default, ``"auto"``, is the best offline model install
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,19 +118,30 @@ def reason(image: ImageSource, question: str, **kwargs: Any) -> ReasoningResult:
     return Reasoner(**kwargs).ask(image, question)
 
 
-_WORKER_REASONERS: dict[str, Reasoner] = {}
+@dataclass(frozen=True)
+class _ReasonerConfig:
+    """A worker's reasoner configuration: equal (and hashed) by ``key``, its canonical JSON."""
+
+    key: str
+    settings: Settings = field(compare=False, hash=False)
+    kwargs: Mapping[str, Any] = field(compare=False, hash=False)
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_reasoner(config: _ReasonerConfig) -> Reasoner:
+    # Two at most: each holds a chat model (up to GBs); a worker fed a third configuration
+    # reloads rather than keeping every model it has ever seen.
+    return Reasoner(settings=config.settings, **config.kwargs)
 
 
 def reason_for_batch(paths: Sequence[str], question: str, settings: Settings, **kwargs: Any) -> list[dict[str, Any]]:
     """The batch job's reasoning task: one JSON-safe result per image; a failing image fails alone.
 
-    A worker process keeps one :class:`Reasoner` per configuration, so the chat model and the
-    experts load once per process, not once per chunk.
+    A worker process keeps a :class:`Reasoner` per configuration (the last two), so the chat
+    model and the experts load once per process, not once per chunk.
     """
     key = json.dumps([settings.model_dump(mode="json"), kwargs], sort_keys=True, default=str)
-    reasoner = _WORKER_REASONERS.get(key)
-    if reasoner is None:
-        reasoner = _WORKER_REASONERS[key] = Reasoner(settings=settings, **kwargs)
+    reasoner = _worker_reasoner(_ReasonerConfig(key, settings, kwargs))
     out = []
     for path in paths:
         try:

@@ -15,6 +15,7 @@ Adding a kind::
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,17 +142,29 @@ def _plan_classify(experts: Sequence[str], params: Mapping[str, Any], settings: 
     return [Lane("classify", branches[0])]  # routed to its first expert's queue (its workers have the weights)
 
 
-_CLASSIFIERS: dict[tuple[str, float], Any] = {}
+@dataclass(frozen=True)
+class _SavedClassifier:
+    """Which saved classifier (its directory and when it was saved); ``settings`` only say how to load it."""
+
+    path: str
+    mtime: float
+    settings: Settings = field(compare=False, hash=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_classifier(saved: _SavedClassifier) -> Any:
+    """A worker keeps the few classifiers it was last asked for; a re-saved model (new mtime) loads afresh
+    and the stale one ages out instead of staying for the life of the process."""
+    from workflows.fewshot import FewShotClassifier
+
+    return FewShotClassifier.load(saved.path, settings=saved.settings)
 
 
 def _run_classify(ctx: ChunkContext) -> list[dict]:
-    from workflows.fewshot import FewShotClassifier
-
     path = _model_dir(ctx.params)
-    cache_key = (str(path.resolve()), os.path.getmtime(path / "config.json"))
-    clf = _CLASSIFIERS.get(cache_key)
-    if clf is None:
-        clf = _CLASSIFIERS[cache_key] = FewShotClassifier.load(path, settings=ctx.settings)
+    clf = _loaded_classifier(
+        _SavedClassifier(str(path.resolve()), os.path.getmtime(path / "config.json"), ctx.settings)
+    )
     clf.store = ctx.store
     preds = clf.predict([src for _, src in ctx.items])
     rows = []
