@@ -24,10 +24,10 @@ Built on LangChain's ``create_agent`` (a LangGraph tool loop). One middleware, t
 ``look_first`` (default) requires a tool call on the first turn (``tool_choice="any"``):
 the model cannot see the image, and small models otherwise answer without looking.
 ``first_tool`` names the tool to look with first (e.g. ``describe_image`` when a trained
-bridge is given: otherwise small models always reach for the detector). A tool without
-arguments is called by the planner itself and its result opens the conversation (SmolLM2,
-forced to call it, wrote a JSON schema into the empty arguments); one with arguments is
-forced as the model's first call.
+bridge is given: otherwise small models always reach for the detector); with ``look_first``
+and a single tool, that tool. A tool without arguments is called by the planner itself and
+its result opens the conversation (SmolLM2, forced to call it, wrote a JSON schema into the
+empty arguments); one with arguments is forced as the model's first call.
 
 Some servers refuse a forced tool choice (llama-cpp-python's OpenAI server answers HTTP
 500; some vLLM/TGI configurations 400): the guard then asks again with ``"auto"`` plus an
@@ -155,11 +155,18 @@ class Planner:
                 return result
         tools = self.toolbox.tools_for(image)
         first = next((t for t in tools if t.name == self.first_tool), None)
+        if first is None and self.look_first and len(tools) == 1 and not tools[0].args:
+            # A forced choice among one tool without arguments leaves the model nothing to decide:
+            # calling it ourselves saves a model call (about 3 s of Qwen2.5-1.5B on 2 cores).
+            first = tools[0]
         look = "any" if self.look_first else None
         guard = _Guard(trace, self.limits, {t.name for t in tools}, start, look, self.quirks, self.model_name)
         messages: list = [HumanMessage(question)]
         if first is not None and not first.args:
-            messages += self._first_look(first, trace, start)
+            opening = self._first_look(first, trace, start)
+            if opening is None:  # the tool overran the time budget: the run is over
+                return ReasoningResult(trace.answer, None, [], trace)
+            messages += opening
             guard.tool_calls, guard.look_first = 1, None
         elif first is not None and self.look_first:
             guard.look_first = first.name
@@ -174,10 +181,17 @@ class Planner:
         trace.seconds = time.perf_counter() - start
         return ReasoningResult(answer, rationale, used, trace)
 
-    def _first_look(self, tool, trace: Trace, start: float) -> list:
-        """Call ``tool`` (no arguments) before the model; the call and its result, as the model's history."""
+    def _first_look(self, tool, trace: Trace, start: float) -> list | None:
+        """Call ``tool`` (no arguments) before the model; the call and its result, as the model's history.
+        ``None`` when it overran the time budget (the trace then says so)."""
         t0 = time.perf_counter()
-        message = tool.invoke(_call(tool.name, {}))
+        try:
+            message = run_with_deadline(
+                lambda: tool.invoke(_call(tool.name, {})), self.limits.time_budget_s - (t0 - start)
+            )
+        except TimeoutError:
+            _stop_for_time(trace, start, self.limits.time_budget_s, tool.name)
+            return None
         trace.steps.append(_tool_step(message, tool.name, {}, t0 - start, time.perf_counter() - t0))
         return [AIMessage("", tool_calls=[{"name": tool.name, "args": {}, "id": message.tool_call_id}]), message]
 
@@ -196,14 +210,8 @@ class Planner:
                 self.limits.time_budget_s - (t0 - start),
             )
         except TimeoutError:
-            elapsed = time.perf_counter() - start
-            reason = (
-                f"time budget of {self.limits.time_budget_s:g}s exceeded: "
-                f"tool 'detect_objects' was still running at {elapsed:.1f}s"
-            )
-            trace.steps.append(Step("limit", elapsed, 0.0, content=reason))
-            trace.mode, trace.stopped_by, trace.seconds = "rule", reason, elapsed
-            trace.answer = f"(no answer: {reason})"
+            trace.mode = "rule"
+            _stop_for_time(trace, start, self.limits.time_budget_s, "detect_objects")
             return ReasoningResult(trace.answer, None, [], trace)
         step = _tool_step(message, "detect_objects", {"labels": [matched.label]}, t0 - start, time.perf_counter() - t0)
         trace.steps.append(step)
@@ -401,6 +409,14 @@ class _Guard(AgentMiddleware):
                 message.status = "error"
         self.trace.steps.append(_tool_step(message, name, args, t0 - self.start, time.perf_counter() - t0))
         return message
+
+
+def _stop_for_time(trace: Trace, start: float, budget: float, tool: str) -> None:
+    """Record that ``tool``, called by the planner itself, overran the time budget and ended the run."""
+    elapsed = time.perf_counter() - start
+    reason = f"time budget of {budget:g}s exceeded: tool {tool!r} was still running at {elapsed:.1f}s"
+    trace.steps.append(Step("limit", elapsed, 0.0, content=reason))
+    trace.stopped_by, trace.seconds, trace.answer = reason, elapsed, f"(no answer: {reason})"
 
 
 def run_with_deadline(fn: Callable[[], T], seconds: float) -> T:

@@ -221,14 +221,55 @@ class SlowToolbox:
         self.finished = threading.Event()
 
     def tools_for(self, image):
+        # An argument, so the model calls it (a lone tool without arguments the planner calls itself).
         @tool("detect_objects")
-        def detect_objects() -> str:
+        def detect_objects(labels: list[str] | None = None) -> str:
             """Detect objects in the image."""
             self.release.wait(self.seconds)
             self.finished.set()
             return "person ×1"
 
         return [detect_objects]
+
+
+def test_a_lone_tool_without_arguments_is_called_by_the_planner_not_the_model():
+    from types import SimpleNamespace
+
+    shape = SimpleNamespace(
+        classnames=("circle", "square"),
+        predict=lambda images: [SimpleNamespace(label="circle", probabilities={"circle": 0.9, "square": 0.1})],
+    )
+    model = ScriptedChatModel(steps=["Reasoning: the shape is circle.\nAnswer: circle"])
+    result = Planner(model, ExpertToolbox(classifiers={"shape": shape})).run("x.png", "What shape is it?")
+    assert [s.kind for s in result.trace.steps] == ["tool", "model"]  # one model call, not two
+    assert len(model.calls) == 1 and model.tool_choices == [None]  # nothing left to force
+    assert result.answer == "circle" and result.evidence_used == ["classify_few_shot"]
+    # with look_first off the model decides whether to look
+    model = ScriptedChatModel(steps=["Answer: circle"])
+    Planner(model, ExpertToolbox(classifiers={"shape": shape}), look_first=False).run("x.png", "What shape is it?")
+    assert model.tool_choices == [None] and len(model.calls) == 1
+
+
+def test_time_budget_bounds_the_planners_own_first_look():
+    class SlowLook(SlowToolbox):
+        def tools_for(self, image):
+            @tool("caption_image")
+            def caption_image() -> str:
+                """One-sentence caption."""
+                self.release.wait(self.seconds)
+                return "a bus"
+
+            return [caption_image]
+
+    toolbox = SlowLook(8.0)
+    model = ScriptedChatModel(steps=[])
+    t0 = time.perf_counter()
+    result = Planner(model, toolbox, limits=PlannerLimits(time_budget_s=1.0)).run("x.jpg", "What is it?")
+    assert time.perf_counter() - t0 < 1.0 + 1.5
+    toolbox.release.set()
+    assert model.calls == []
+    assert result.trace.stopped_by.startswith("time budget of 1s exceeded: tool 'caption_image' was still running")
+    assert result.answer == f"(no answer: {result.trace.stopped_by})"
 
 
 def test_time_budget_abandons_a_tool_that_runs_past_it():
@@ -314,10 +355,11 @@ def test_a_model_asking_again_for_a_result_it_has_is_asked_to_answer_instead():
             return [SimpleNamespace(label="circle", probabilities={"circle": 0.9, "square": 0.1}, error=None)]
 
     again = call("classify_few_shot")
-    model = ScriptedChatModel(steps=[again, again, "Reasoning: it is a circle.\nAnswer: circle"])
+    model = ScriptedChatModel(steps=[again, "Reasoning: it is a circle.\nAnswer: circle"])
     result = Planner(model, ExpertToolbox(classifier=Shapes())).run("x.png", "What shape is it?")
     assert result.answer == "circle"
-    assert [s.kind for s in result.trace.steps] == ["model", "tool", "model", "retry", "model"]
+    # the planner looked first (a lone tool without arguments); the model asked for the same result again
+    assert [s.kind for s in result.trace.steps] == ["tool", "model", "retry", "model"]
     assert len(result.trace.tool_steps) == 1  # the repeat never ran the tool
     last = model.calls[-1]
     assert last[-1].content == ANSWER_FROM_EVIDENCE and model.call_tools[-1] == []
@@ -343,7 +385,8 @@ def test_the_question_is_restated_after_the_evidence_and_only_then():
             return [SimpleNamespace(label="circle", probabilities={"circle": 0.9, "square": 0.1}, error=None)]
 
     model = ScriptedChatModel(steps=[call("classify_few_shot"), "Reasoning: it is a circle.\nAnswer: no"])
-    result = Planner(model, ExpertToolbox(classifier=Shapes())).run("x.png", "is there not a square?")
+    planner = Planner(model, ExpertToolbox(classifier=Shapes()), look_first=False)  # the model calls the tool
+    result = planner.run("x.png", "is there not a square?")
     assert result.answer == "no"
     first, second = model.calls
     assert first[-1].content == "is there not a square?"  # before any evidence: the question itself, once
