@@ -1,6 +1,6 @@
 """Few-shot accuracy of every subset of experts: does fusing hold up when one expert is weak?
 
-    python bench/fewshot_experts.py ../shared/data/dtd10 --experts timm,timm-lite2,dinov2
+    python bench/fewshot_experts.py ../shared/data/dtd10 --experts timm,timm.lite2,dinov2
     python bench/fewshot_experts.py ../shared/data/dtd10 --experts timm,color_histogram --shots 16 --seeds 1
 
 Every image's features are extracted once (through the feature store, as ``fewshot eval`` does:
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path)
-    parser.add_argument("--experts", default="timm,timm-lite2,dinov2")
+    parser.add_argument("--experts", default="timm,timm.lite2,dinov2")
     parser.add_argument("--methods", default="auto,auto-all,cache,gda,linear", help="auto-all: auto fusing all experts")
     parser.add_argument("--shots", default="1,4,16")
     parser.add_argument("--seeds", type=int, default=3)

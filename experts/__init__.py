@@ -1,7 +1,9 @@
 """Expert vision models: loading, image intake, batched inference, evidence types.
 
->>> from experts import create_expert, list_experts
+>>> from experts import create_expert, list_experts, list_presets
 >>> "clip" in list_experts()
+True
+>>> "timm.lite2" in list_presets()
 True
 
 The names below load on first use (PEP 562), so ``import experts.errors`` or
@@ -34,6 +36,9 @@ _EXPORTS = {
     "RegionCaption": "evidence",
     "RegionCaptions": "evidence",
     "evidence_from_dict": "evidence",
+    "Preset": "presets",
+    "get_preset": "presets",
+    "list_presets": "presets",
     "LoadedImage": "images",
     "load_image": "images",
     "load_images": "images",
@@ -86,6 +91,7 @@ if TYPE_CHECKING:  # what static tools should see; at run time __getattr__ impor
         evidence_from_dict,
     )
     from experts.images import LoadedImage, load_image, load_images  # noqa: F401
+    from experts.presets import Preset, get_preset, list_presets  # noqa: F401
     from experts.registry import create_expert, get_expert_class, list_experts, register_expert  # noqa: F401
     from experts.stored import check_stored_spec, expert_from_stored, stored_spec  # noqa: F401
     from experts.weights import WeightsRef, is_offline, resolve_weights  # noqa: F401

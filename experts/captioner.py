@@ -20,6 +20,7 @@ from PIL import Image
 from experts.base import Expert
 from experts.errors import ConfigError
 from experts.evidence import Caption
+from experts.presets import default_option
 from experts.registry import register_expert
 from experts.weights import missing_weights_as_error
 
@@ -43,7 +44,7 @@ class Captioner(Expert):
     def __init__(
         self,
         *,
-        weights: str | None = "Salesforce/blip-image-captioning-base",
+        weights: str | None = default_option("captioner", "weights"),
         prompt: str | None = None,
         max_new_tokens: int = 30,
         num_beams: int = 1,

@@ -21,6 +21,7 @@ from experts.base import FeatureExpert
 from experts.errors import ConfigError
 from experts.evidence import Classification
 from experts.images import ImageSource
+from experts.presets import default_option
 from experts.registry import register_expert
 from experts.weights import missing_weights_as_error
 
@@ -57,8 +58,8 @@ class ClipExpert(FeatureExpert):
     def __init__(
         self,
         *,
-        arch: str = "ViT-B-32",
-        weights: str | None = "openai",
+        arch: str = default_option("clip", "arch"),
+        weights: str | None = default_option("clip", "weights"),
         templates: str | Sequence[str] = "openai",
         **kwargs: Any,
     ) -> None:

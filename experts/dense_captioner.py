@@ -28,6 +28,7 @@ from experts.captioner import Captioner
 from experts.detector import YoloDetector
 from experts.errors import ConfigError
 from experts.evidence import Detection, RegionCaption, RegionCaptions
+from experts.presets import default_option
 from experts.registry import register_expert
 from experts.weights import missing_weights_as_error
 
@@ -147,7 +148,7 @@ class Florence2RegionCaptioner(Expert):
     def __init__(
         self,
         *,
-        weights: str = "microsoft/Florence-2-base",
+        weights: str = default_option("florence2_regions", "weights"),
         max_new_tokens: int = 1024,
         num_beams: int = 3,
         **kwargs: Any,

@@ -25,6 +25,7 @@ from PIL import Image
 from experts.base import Expert
 from experts.errors import ConfigError
 from experts.evidence import Detection, Detections
+from experts.presets import default_option
 from experts.registry import register_expert
 from experts.weights import WeightsRef, missing_weights_as_error
 
@@ -67,7 +68,7 @@ class YoloDetector(Expert):
     def __init__(
         self,
         *,
-        weights: str | None = "yolov8n.pt",
+        weights: str | None = default_option("yolo", "weights"),
         conf: float = 0.25,
         iou: float = 0.45,
         classes: Sequence[str | int] | None = None,

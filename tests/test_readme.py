@@ -38,6 +38,14 @@ def test_the_readme_lists_every_setting_as_the_code_has_it():
         assert f"`EXPERTBRIDGE_{name.upper()}`" in table
 
 
+def test_the_readme_lists_every_preset_as_the_table_has_it():
+    from experts.presets import PRESETS, presets_table
+
+    table = README.split("<!-- presets-table:start -->\n", 1)[1].split("\n<!-- presets-table:end -->", 1)[0]
+    assert table == presets_table()
+    assert all(f"`{name}`" in table for name in PRESETS)
+
+
 def test_readme_links_point_inside_the_repository():
     links = [t for t in re.findall(r"\]\(([^)#]+)\)", README) if "://" not in t]
     assert links, "no relative links found"

