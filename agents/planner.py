@@ -82,6 +82,14 @@ RESTATE_QUESTION = (
     'The question was: "{question}". Answer it from the tool results above (or call another tool if they '
     "are not enough), in the required format."
 )
+#: Added to the restated question when it is a yes/no question. Measured with Qwen2.5-Coder-1.5B on 48 easy-VQA
+#: train questions (presence and negated): 85% without it, 92% with it. Only for yes/no questions: sent with
+#: "what colour is the shape?" it made the model answer "Yes" to 23 of 24.
+YES_NO_HINT = (
+    " It is a yes/no question: first say whether the thing it asks about is present according to the tools; "
+    "if the question says 'not' or 'no', the answer is the opposite."
+)
+_YES_NO = re.compile(r"^\W*(is|are|was|were|do|does|did|has|have|had|can|could|will|would|should)\b", re.I)
 #: Sent instead of a forced tool choice to servers that refuse one.
 CALL_A_TOOL = "You cannot see the image yourself. First call one of the tools to look at it; answer only after that."
 
@@ -287,7 +295,7 @@ class _Guard(AgentMiddleware):
             # Last chance: withdraw the tools so the model must answer from what it has.
             request = request.override(tools=[], messages=[*request.messages, HumanMessage(ANSWER_NOW)])
         elif request.messages and isinstance(request.messages[-1], ToolMessage):
-            reminder = RESTATE_QUESTION.format(question=self.trace.question)
+            reminder = restated(self.trace.question)
             request = request.override(messages=[*request.messages, HumanMessage(reminder)])
         elif model_calls == 0 and self.look_first and request.tools:
             # The model cannot see the image: its first move must be to look (small models otherwise guess).
@@ -409,6 +417,17 @@ class _Guard(AgentMiddleware):
                 message.status = "error"
         self.trace.steps.append(_tool_step(message, name, args, t0 - self.start, time.perf_counter() - t0))
         return message
+
+
+def is_yes_no(question: str) -> bool:
+    """Does ``question`` ask for yes or no ("is there not a dog?"), rather than a value or a choice ("a cat or a
+    dog?")? English only: it opens with an auxiliary verb and offers no alternatives."""
+    return bool(_YES_NO.match(question)) and not re.search(r"\bor\b", question, re.I)
+
+
+def restated(question: str) -> str:
+    """The reminder sent after tool results: the question again, with the yes/no hint when it applies."""
+    return RESTATE_QUESTION.format(question=question) + (YES_NO_HINT if is_yes_no(question) else "")
 
 
 def _stop_for_time(trace: Trace, start: float, budget: float, tool: str) -> None:

@@ -376,7 +376,7 @@ def test_the_same_call_twice_in_one_reply_counts_once():
 def test_the_question_is_restated_after_the_evidence_and_only_then():
     from types import SimpleNamespace
 
-    from agents.planner import RESTATE_QUESTION
+    from agents.planner import RESTATE_QUESTION, YES_NO_HINT
 
     class Shapes:
         classnames = ("circle", "square")
@@ -392,5 +392,16 @@ def test_the_question_is_restated_after_the_evidence_and_only_then():
     assert first[-1].content == "is there not a square?"  # before any evidence: the question itself, once
     *_, evidence, reminder = second
     assert isinstance(evidence, ToolMessage) and "circle" in evidence.content
-    assert reminder.content == RESTATE_QUESTION.format(question="is there not a square?")
+    assert reminder.content == RESTATE_QUESTION.format(question="is there not a square?") + YES_NO_HINT
     assert sum(m.content == reminder.content for m in second) == 1  # a per-call reminder, not kept in the history
+
+
+def test_only_yes_no_questions_get_the_yes_no_hint():
+    from agents.planner import YES_NO_HINT, is_yes_no, restated
+
+    yes_no = ["is there not a black shape?", "Does the image contain a dog?", "Are there 3 people?", "can you see a bus"]
+    other = ["what color is the shape?", "How many people?", "is it a cat or a dog?", "Which is bigger, A or B?"]
+    assert [is_yes_no(q) for q in yes_no] == [True] * 4
+    assert [is_yes_no(q) for q in other] == [False] * 4
+    assert restated("what shape is it?").endswith('in the required format.')  # the hint made it answer "Yes"
+    assert restated("is there a circle?").endswith(YES_NO_HINT)

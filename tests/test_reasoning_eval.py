@@ -133,7 +133,7 @@ def test_color_histogram_sees_the_shape_not_the_background():
         create_expert("color_histogram", bins=1)
 
 
-def test_classify_few_shot_states_every_classifier_and_what_it_ruled_out():
+def test_classify_few_shot_states_every_classifier_and_never_names_a_ruled_out_label():
     from types import SimpleNamespace
 
     class Fixed:
@@ -154,11 +154,7 @@ def test_classify_few_shot_states_every_classifier_and_what_it_ruled_out():
     assert tool.name == "classify_few_shot" and tool.args == {}
     assert "shape (circle, rectangle, triangle); color (blue, red, teal)" in tool.description
     message = tool.invoke({"type": "tool_call", "name": "classify_few_shot", "args": {}, "id": "c0"})
-    assert message.content == (
-        "Few-shot shape classifier: the shape is circle (0.90). Less likely: rectangle (0.08). "
-        "No other shape scored 0.05 or more.\n"
-        "Few-shot color classifier: the color is red (0.99). No other color scored 0.05 or more."
-    )
+    assert message.content == "The shape is circle (0.90); it may also be rectangle (0.08).\nThe color is red."
     assert "blue" not in message.content  # a colour ruled out is never named: small models read it as present
     evidence = message.artifact["evidence"]
     assert evidence["type"] == "few_shot" and evidence["classifiers"]["color"]["labels"][0] == "red"
