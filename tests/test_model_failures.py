@@ -72,7 +72,8 @@ def script() -> list:
 
 def test_a_refused_forced_choice_is_retried_with_auto_and_an_instruction():
     model = RefusesForcedChoice(steps=script() * 2)
-    planner = Planner(model, ExpertToolbox(classifier=ShapeClassifier()))
+    # A second tool, so there is a choice to force (a lone tool without arguments the planner calls itself).
+    planner = Planner(model, ExpertToolbox(classifier=ShapeClassifier(), captioner=object()))
     result = planner.run("img.png", "What shape is in the image?")
     assert result.answer == "circle"
     kinds = [s.kind for s in result.trace.steps]

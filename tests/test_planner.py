@@ -399,9 +399,14 @@ def test_the_question_is_restated_after_the_evidence_and_only_then():
 def test_only_yes_no_questions_get_the_yes_no_hint():
     from agents.planner import YES_NO_HINT, is_yes_no, restated
 
-    yes_no = ["is there not a black shape?", "Does the image contain a dog?", "Are there 3 people?", "can you see a bus"]
+    yes_no = [
+        "is there not a black shape?",
+        "Does the image contain a dog?",
+        "Are there 3 people?",
+        "can you see a bus",
+    ]
     other = ["what color is the shape?", "How many people?", "is it a cat or a dog?", "Which is bigger, A or B?"]
     assert [is_yes_no(q) for q in yes_no] == [True] * 4
     assert [is_yes_no(q) for q in other] == [False] * 4
-    assert restated("what shape is it?").endswith('in the required format.')  # the hint made it answer "Yes"
+    assert restated("what shape is it?").endswith("in the required format.")  # the hint made it answer "Yes"
     assert restated("is there a circle?").endswith(YES_NO_HINT)
