@@ -1,8 +1,9 @@
 """Experts as LangChain tools, bound to one image.
 
-Each tool runs its expert through an injected ``runner`` (the workflows layer passes one
-that reads and writes the feature store), renders the evidence with the text bridge for
-the model, and returns the raw evidence as the ToolMessage artifact for the trace:
+Each tool runs its expert, renders the evidence with the text bridge for the model, and
+returns the raw evidence as the ToolMessage artifact for the trace. The experts may answer
+from the feature store: the workflows layer passes ``workflows.store_runner.StoredExpert``s,
+whose ``last_run`` hit and miss counts go into the artifact; the toolbox never sees the store.
 
     toolbox = ExpertToolbox(detector=create_expert("yolo", weights="yolov8n.pt"))
     tools = toolbox.tools_for("bus.jpg")        # [detect_objects]
@@ -27,13 +28,17 @@ from bridges.text import render
 from experts import Caption, Classification, Detections, Expert, ExpertBridgeError, ItemResult
 from experts.images import ImageSource
 
-#: ``(expert, sources) -> (results, {"hits": n, "misses": m})``; see ``workflows.reasoning`` for the store-backed one.
-ExpertRunner = Callable[[Expert, Sequence[ImageSource]], tuple[list[ItemResult], Mapping[str, int]]]
 
+def run_counted(expert: Expert, sources: Sequence[ImageSource]) -> tuple[list[ItemResult], dict[str, int]]:
+    """``expert.run(sources)`` and the store's counts for the trace.
 
-def run_directly(expert: Expert, sources: Sequence[ImageSource]) -> tuple[list[ItemResult], Mapping[str, int]]:
-    """The runner without a store: every call is a forward pass."""
-    return expert.run(list(sources)), {"hits": 0, "misses": len(sources)}
+    An expert that answers from a store (``workflows.store_runner.StoredExpert``) reports what
+    its last run in this thread did (``{"hits", "misses", "failed"}``); any other expert ran a
+    forward pass for every item.
+    """
+    results = expert.run(list(sources))
+    run = getattr(expert, "last_run", None)
+    return results, (run.to_dict() if run is not None else {"hits": 0, "misses": len(sources)})
 
 
 #: Few-shot labels scoring less than this are named as ruled out, not listed with their score.
@@ -83,7 +88,6 @@ class ExpertToolbox:
     describer: Any | None = None
     describer_expert: Expert | None = None
     describe_prompt: str = "<image>Caption:"
-    runner: ExpertRunner = run_directly
     text_budget: int = 300  # tokens of bridge text per tool result
 
     @property
@@ -168,13 +172,13 @@ class ExpertToolbox:
 
     def _evidence(self, expert: Expert, image: ImageSource):
         try:
-            results, store = self.runner(expert, [image])
+            results, store = run_counted(expert, [image])
         except ExpertBridgeError as err:  # e.g. missing weights: the model should hear it, not crash
             raise ToolException(f"{expert.name} failed: {err}") from err
         result = results[0]
         if not result.ok:
             raise ToolException(f"{expert.name} could not read the image: {result.error}")
-        return result.evidence, dict(store)
+        return result.evidence, store
 
     def _single(self, expert: Expert, image: ImageSource):
         evidence, store = self._evidence(expert, image)

@@ -56,7 +56,7 @@ from workflows.reasoning_eval import (  # noqa: E402
     run_program,
     summarize,
 )
-from workflows.store_runner import run_through_store  # noqa: E402
+from workflows.store_runner import StoredExpert, run_through_store  # noqa: E402
 
 SHARED = Path(os.environ.get("EXPERTBRIDGE_SHARED", REPO.parent / "shared"))
 EFFICIENTNET = {
@@ -263,7 +263,7 @@ def main() -> None:
         real, programs = real_items(REPO / "bench" / "real_photos.json")
         detector, insect, runner = real_tools(args.shots, store, args.device, args.yolo_weights)
         photos = {"tool-only": run_program(real_program(detector, insect, store, programs), real)}
-        toolbox = ExpertToolbox(detector=detector, classifiers=insect, runner=runner)
+        toolbox = ExpertToolbox(detector=StoredExpert(detector, store), classifiers=insect)
         photo_rows, _ = run_models(models, toolbox, real, "real photos", args.threads)
         photos.update(photo_rows)
         runs["real photos (hand-checked)"] = photos

@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_MAX_ASPECT_RATIO",
     "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "EncodedImage",
     "ImageSource",
     "LoadedImage",
     "content_sha256",
@@ -72,7 +73,7 @@ __all__ = [
     "sha256_file",
 ]
 
-ImageSource = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray, "LoadedImage"]
+ImageSource = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray, "LoadedImage", "EncodedImage"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +87,25 @@ class LoadedImage:
     @property
     def size(self) -> tuple[int, int]:
         return self.image.size
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedImage:
+    """An image file's bytes, already read (and hashed) but not decoded.
+
+    Whoever hashed a file to look it up in the feature store hands this on, so a miss is
+    decoded from the same bytes instead of reading the file a second time. Decoding it
+    (:func:`load_image`) applies the pixel and aspect caps as for any source.
+
+    >>> load_image(EncodedImage(b"not an image", "0" * 64, "x.png"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    experts.errors.ImageError: x.png: not an image (unrecognized format)
+    """
+
+    data: bytes
+    sha256: str
+    source: str
 
 
 def load_image(
@@ -104,6 +124,8 @@ def load_image(
     if isinstance(source, LoadedImage):
         return source
     limits = (max_pixels, max_aspect_ratio)
+    if isinstance(source, EncodedImage):
+        return _from_bytes(source.data, source.source, limits, digest=source.sha256)
     if isinstance(source, Image.Image):
         return _from_pil(source, "<PIL.Image>", limits)
     if isinstance(source, np.ndarray):
@@ -145,7 +167,7 @@ def load_images(sources: Iterable[ImageSource], **kwargs) -> list[LoadedImage | 
 
 def describe_source(source: ImageSource) -> str:
     """A short printable name for a source, for reports and error messages."""
-    if isinstance(source, LoadedImage):
+    if isinstance(source, (LoadedImage, EncodedImage)):
         return source.source
     if isinstance(source, (str, os.PathLike)):
         return portable_name(os.fsdecode(source))
@@ -164,7 +186,7 @@ def content_sha256(source: ImageSource, **kwargs) -> str:
     store cheap); in-memory images and URLs are loaded. Takes
     :func:`load_image`'s keyword arguments. Raises :class:`ImageError`.
     """
-    if isinstance(source, LoadedImage):
+    if isinstance(source, (LoadedImage, EncodedImage)):
         return source.sha256
     if isinstance(source, (bytes, bytearray, memoryview)):
         if not source:
@@ -186,10 +208,10 @@ def content_sha256(source: ImageSource, **kwargs) -> str:
 _Limits = tuple[int, float]
 
 
-def _from_bytes(data: bytes, name: str, limits: _Limits) -> LoadedImage:
+def _from_bytes(data: bytes, name: str, limits: _Limits, *, digest: str | None = None) -> LoadedImage:
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)", reason="empty", source=name)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = digest or hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
             # PIL warns (then errors) on bombs with its own global cap; we apply ours first.

@@ -136,10 +136,13 @@ def test_a_bridge_makes_describe_image_the_first_look():
         def generate(self, vectors, prompts):
             return ["an ant on a leaf"]
 
-    def runner_(expert, sources):
-        return [ItemResult(0, str(sources[0]), "0" * 64, Features(np.ones(4, np.float32)))], {"hits": 0, "misses": 1}
+    class Encoder:
+        name = "encoder"
 
-    toolbox = ExpertToolbox(detector=object(), describer=Describer(), describer_expert=object(), runner=runner_)
+        def run(self, sources):
+            return [ItemResult(0, str(sources[0]), "0" * 64, Features(np.ones(4, np.float32)))]
+
+    toolbox = ExpertToolbox(detector=object(), describer=Describer(), describer_expert=Encoder())
     model = ScriptedChatModel(steps=[{"content": "Answer: an ant\nEvidence: describe_image"}])
     result = Planner(model, toolbox, first_tool="describe_image").run("ant.jpg", "What is this?")
     assert [(s.kind, s.tool) for s in result.trace.steps] == [("tool", "describe_image"), ("model", None)]

@@ -50,12 +50,13 @@ from cache.store import FeatureStore
 from cache.training import train_keys
 from experts import ConfigError, Expert, ItemResult
 from experts.clip import ClipExpert
+from experts.file_hashes import FileHashes
 from experts.images import ImageSource
 from experts.stored import expert_from_stored, stored_spec
 from workflows.datasets import LabelledImages
 from workflows.progress import Progress
 from workflows.settings import Settings
-from workflows.store_runner import run_through_store
+from workflows.store_runner import StoredExpert
 
 log = logging.getLogger(__name__)
 
@@ -218,19 +219,22 @@ class FewShotClassifier:
         variant: Mapping | None = None,
         transform=None,
         on_done: Callable[[int], None] | None = None,
+        hashes: FileHashes | None = None,
     ) -> Features:
         """Features of every branch through the store; an item failing in any branch is dropped with its error.
 
         ``on_done(n)`` is told as items finish, once per branch (for a progress count of ``len(sources) × branches``).
+        ``hashes``: file hashes shared with other calls of the same run (else shared by this call's branches),
+        so each file is read once however many branches and views ask for it.
         """
         ok = np.ones(len(sources), dtype=bool)
         errors: dict[int, str] = {}
         reasons: dict[int, str] = {}
         results: dict[str, list[ItemResult]] = {}
+        hashes = hashes if hashes is not None else FileHashes()
         for name, expert in self.experts.items():
-            results[name], _ = run_through_store(
-                expert, sources, self.store, variant=variant, transform=transform, on_done=on_done
-            )
+            stored = StoredExpert(expert, self.store, variant=variant, transform=transform, hashes=hashes)
+            results[name], _ = stored.run_counted(sources, on_done=on_done)
             for r in results[name]:
                 if not r.ok:
                     ok[r.index] = False
@@ -252,8 +256,9 @@ class FewShotClassifier:
         errors: dict[int, str] = {}
         reasons: dict[int, str] = {}
         per_view = []
+        hashes = FileHashes()  # every view and branch of one fit: each support file is hashed once
         for v in range(max(1, self.augment_views)):
-            f = self.extract(sources, **view_inputs(v), on_done=on_done)
+            f = self.extract(sources, **view_inputs(v), on_done=on_done, hashes=hashes)
             ok &= f.ok
             errors.update(f.errors)
             reasons.update(f.reasons)

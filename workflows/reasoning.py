@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from agents.chat import best_local_model, create_chat_model
 from agents.planner import Planner, PlannerLimits, ReasoningResult
 from agents.tools import ExpertToolbox
 from cache.store import DirectoryStore, FeatureStore
-from experts import ConfigError, Expert, ItemResult, create_expert
+from experts import ConfigError, Expert, create_expert
+from experts.file_hashes import FileHashes
 from experts.images import ImageSource, load_image
 from workflows.settings import Settings
-from workflows.store_runner import run_through_store
+from workflows.store_runner import StoredExpert
 
 #: expert name → the toolbox slot it fills
 TOOL_SLOTS = {"yolo": "detector", "captioner": "captioner", "dense_captioner": "dense_captioner", "clip": "clip"}
@@ -55,18 +56,20 @@ class Reasoner:
     ) -> None:
         self.settings = settings or Settings()
         self.store = DirectoryStore(self.settings.store_dir) if store == "default" else store
+        #: file hashes of one question (the tools share them: the image is read once per question)
+        self.hashes = FileHashes()
         built = dict(experts) if isinstance(experts, Mapping) else {n: self._expert(n) for n in experts}
         slots = {}
         for name, expert in built.items():
             if name not in TOOL_SLOTS:
                 raise ConfigError(f"expert {name!r} is not a planner tool; tools: {', '.join(TOOL_SLOTS)}")
-            slots[TOOL_SLOTS[name]] = expert
+            slots[TOOL_SLOTS[name]] = self._stored(expert)
         if bridge is not None:  # a trained learnable bridge becomes the describe_image tool
             from workflows.bridging import BridgeJob
 
             job = BridgeJob.load(bridge)
-            slots.update(describer=job.model, describer_expert=job.expert, describe_prompt=job.prompt)
-        self.toolbox = ExpertToolbox(**slots, classifier=classifier, runner=self._run)
+            slots.update(describer=job.model, describer_expert=self._stored(job.expert), describe_prompt=job.prompt)
+        self.toolbox = ExpertToolbox(**slots, classifier=classifier)
         spec, kwargs = self._model_spec(model, model_kwargs)
         self.model = create_chat_model(spec, **kwargs)
         # A trained bridge is why the user is here: the first look at the image goes through it.
@@ -89,9 +92,9 @@ class Reasoner:
     def _expert(self, name: str) -> Expert:
         return create_expert(name, **self.settings.expert_kwargs(name))
 
-    def _run(self, expert: Expert, sources: Sequence[ImageSource]) -> tuple[list[ItemResult], Mapping[str, int]]:
-        results, run = run_through_store(expert, sources, self.store)
-        return results, asdict(run)
+    def _stored(self, expert: Expert) -> StoredExpert:
+        """``expert`` answering from this reasoner's store (a repeated question makes no forward pass)."""
+        return StoredExpert(expert, self.store, hashes=self.hashes)
 
     def ask(self, image: ImageSource, question: str) -> ReasoningResult:
         """Answer one question about one image, with the trace of every model and tool call.
@@ -100,17 +103,23 @@ class Reasoner:
         :class:`~experts.errors.ImageError`), before any model time: tools that cannot see it
         would only have the model guess.
         """
+        self.hashes.clear()  # remembered hashes last one question: a file edited since is hashed again
         self.check_image(image)
         return self.planner.run(image, question)
 
     def check_image(self, image: ImageSource) -> None:
-        """Raise if ``image`` cannot be read with these settings (a URL is fetched later, by the tools, once)."""
+        """Raise if ``image`` cannot be read with these settings (a URL is fetched later, by the tools, once).
+
+        The file is hashed as it is read, so the tools of this question find its hash remembered
+        and a warm store answers them without reading the file again.
+        """
         is_url = isinstance(image, str) and "://" in image
         if isinstance(image, (str, Path)) and not is_url and not Path(image).exists():
             raise ConfigError(f"image {image} does not exist")
         if is_url and self.settings.allow_urls:
             return
-        load_image(image, max_pixels=self.settings.max_pixels, allow_urls=self.settings.allow_urls)
+        limits = {"max_pixels": self.settings.max_pixels, "allow_urls": self.settings.allow_urls}
+        load_image(self.hashes.hash(image, **limits).input, **limits)
 
 
 def reason(image: ImageSource, question: str, **kwargs: Any) -> ReasoningResult:
