@@ -11,6 +11,7 @@ WORKDIR /app
 RUN pip install --index-url "$TORCH_INDEX" "torch==2.14.1" "torchvision==0.29.1"
 COPY pyproject.toml README.md ./
 COPY agents ./agents
+COPY errors ./errors
 COPY experts ./experts
 COPY bridges ./bridges
 COPY cache ./cache

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from cache.fusion import adaptive_weights, standardize
+from errors import ConfigError
 
 #: CLIP's logit scale, used by CaFo and Tip-Adapter for the zero-shot prior.
 PRIOR_SCALE = 100.0
@@ -83,15 +84,15 @@ class AdaptiveCache(nn.Module):
     ) -> None:
         super().__init__()
         if not keys:
-            raise ValueError("the cache needs at least one branch of keys")
+            raise ConfigError("the cache needs at least one branch of keys")
         sizes = {name: k.shape[0] for name, k in keys.items()}
         if len(set(sizes.values())) != 1 or labels.shape[0] != next(iter(sizes.values())):
-            raise ValueError(f"every branch needs one key per support label ({labels.shape[0]}); got {sizes}")
+            raise ConfigError(f"every branch needs one key per support label ({labels.shape[0]}); got {sizes}")
         if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+            raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         unknown = set(prior_weights or {}) - set(keys)
         if unknown:
-            raise ValueError(f"prior weights for unknown branches {sorted(unknown)} (branches: {sorted(keys)})")
+            raise ConfigError(f"prior weights for unknown branches {sorted(unknown)} (branches: {sorted(keys)})")
         self.names = list(keys)
         self.keys_ = nn.ParameterDict(
             {name: nn.Parameter(nn.functional.normalize(k.float(), dim=-1).clone()) for name, k in keys.items()}
@@ -100,7 +101,7 @@ class AdaptiveCache(nn.Module):
         self.prior_names = list(prior_weights or {})
         for name, w in (prior_weights or {}).items():
             if w.shape != (keys[name].shape[1], num_classes):
-                raise ValueError(f"prior weights of {name!r} must be (D, C) = {(keys[name].shape[1], num_classes)}")
+                raise ConfigError(f"prior weights of {name!r} must be (D, C) = {(keys[name].shape[1], num_classes)}")
             # Row-major copy: a transposed view (prototypes.T) multiplies through another BLAS path and
             # rounds differently, so a saved-and-loaded cache would not reproduce its own logits bit for bit.
             self.register_buffer(f"prior_{name}", w.float().clone(memory_format=torch.contiguous_format))

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from errors import ConfigError
+
 
 @dataclass(frozen=True)
 class GDAHead:
@@ -39,7 +41,7 @@ def fit_gda(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> G
     dim = x.shape[1]
     counts = torch.bincount(labels, minlength=num_classes)
     if (counts == 0).any():
-        raise ValueError(
+        raise ConfigError(
             f"GDA needs at least one sample per class; empty classes: {torch.where(counts == 0)[0].tolist()}"
         )
     means = torch.stack([x[labels == c].mean(0) for c in range(num_classes)])  # (C, D)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from errors import ConfigError
+
 #: C (inverse L2 strength) candidates, a decade apart: small C suits standardized features, large C unit-norm ones
 LINEAR_CS = tuple(float(c) for c in np.geomspace(1e-4, 1e4, 9))
 
@@ -85,7 +87,7 @@ def fit_linear_path(
     """
     present = torch.unique(labels)
     if len(present) != num_classes:
-        raise ValueError(f"the linear head needs every one of {num_classes} classes, got {present.tolist()}")
+        raise ConfigError(f"the linear head needs every one of {num_classes} classes, got {present.tolist()}")
     from threadpoolctl import threadpool_limits
 
     heads = []

@@ -18,6 +18,7 @@ import torch
 
 from cache.adapter import AdaptiveCache
 from cache.search import accuracy
+from errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,10 @@ def train_keys(
     """
     sizes = {n: v.shape for n, v in views.items()}
     if set(sizes) != set(cache.names) or len({s[:2] for s in sizes.values()}) != 1:
-        raise ValueError(f"views need every branch {cache.names} with the same (V, N); got {sizes}")
+        raise ConfigError(f"views need every branch {cache.names} with the same (V, N); got {sizes}")
     num_views, n = next(iter(sizes.values()))[:2]
     if labels.shape[0] != n:
-        raise ValueError(f"{labels.shape[0]} labels for {n} support images")
+        raise ConfigError(f"{labels.shape[0]} labels for {n} support images")
     gen = torch.Generator().manual_seed(seed)
     steps = epochs * -(-n // batch_size)
     params = list(cache.keys_.parameters())

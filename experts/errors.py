@@ -1,43 +1,23 @@
-"""One error family for the whole framework.
-
-Every error a user can act on derives from :class:`ExpertBridgeError`, so
-``except ExpertBridgeError`` catches all of them and nothing else. The subclasses
-say *what* went wrong; their messages say what to do about it.
-"""
+"""The error family, re-exported: it lives in the top-level :mod:`errors` package so that ``cache``
+(which may not import ``experts``) raises the same classes. ``experts.errors.ConfigError is
+errors.ConfigError``: one family, two import paths."""
 
 from __future__ import annotations
 
+from errors import (
+    ChatModelError,
+    ConfigError,
+    ExpertBridgeError,
+    ExpertRunError,
+    ImageError,
+    WeightsNotFoundError,
+)
 
-class ExpertBridgeError(Exception):
-    """Base class of every error raised on purpose by expertbridge."""
-
-
-class ImageError(ExpertBridgeError, ValueError):
-    """An input could not be turned into an RGB image.
-
-    ``reason`` is a short machine-readable code (``missing``, ``unreadable``,
-    ``not_a_file``, ``not_an_image``, ``truncated``, ``empty``, ``too_large``,
-    ``aspect_ratio``, ``unsupported``, ``url_disabled``, ``fetch_failed``) so batch
-    reports can be grouped by cause.
-    """
-
-    def __init__(self, message: str, *, reason: str, source: str | None = None):
-        super().__init__(message)
-        self.reason = reason
-        self.source = source
-
-
-class WeightsNotFoundError(ExpertBridgeError, FileNotFoundError):
-    """Weights are missing locally and may not (or could not) be fetched."""
-
-
-class ConfigError(ExpertBridgeError, ValueError):
-    """A setting or argument is invalid; the message names the setting."""
-
-
-class ExpertRunError(ExpertBridgeError, RuntimeError):
-    """An expert failed on an input that decoded fine (e.g. the model raised)."""
-
-
-class ChatModelError(ExpertBridgeError, RuntimeError):
-    """A chat model or its server failed (the message says which, why, and what to try)."""
+__all__ = [
+    "ChatModelError",
+    "ConfigError",
+    "ExpertBridgeError",
+    "ExpertRunError",
+    "ImageError",
+    "WeightsNotFoundError",
+]

@@ -13,7 +13,8 @@ from workflows.rendering import markup
 
 app = command_group(help="Few-shot classification with adaptive feature caches.")
 
-#: workflows.fewshot.METHODS, written out so that --help does not import torch (a test keeps them equal)
+#: cache.head.METHODS (also workflows.fewshot.METHODS), written out so that --help does not import torch
+#: (a test keeps them equal)
 METHOD_NAMES = ("auto", "cache", "cache-train", "gda", "linear", "zero-shot")
 #: workflows.fewshot_eval.SWEEP_VIEWS, likewise: the demo's views per support image
 SWEEP_VIEWS = 2
