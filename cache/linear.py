@@ -10,7 +10,7 @@ training samples, folded into the head's weights): :func:`search_linear`.
 Measured on DTD-10 (C on ``val``, 3 seeds): at 16 shots standardizing added up to 1.1 points
 (Lite0 + Lite2), at 1-4 shots it cost 2-20 (a scale from 10 samples is noise), and validation did
 not always catch it; so the caller offers standardization only from 8 shots per class (see
-``workflows.fewshot.STANDARDIZE_MIN_SHOTS``). Samples and C are left to validation.
+``cache.fit_heads.STANDARDIZE_MIN_SHOTS``). Samples and C are left to validation.
 
 >>> import torch
 >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
