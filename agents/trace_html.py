@@ -8,51 +8,39 @@ from __future__ import annotations
 import base64
 import io
 import json
-from html import escape
 
-from agents.trace import Step, Trace
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from agents.trace import Trace
 from experts.drawing import draw_boxes
 from experts.evidence import evidence_from_dict
 from experts.images import ImageSource, load_image
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222;line-height:1.4}
-h1{font-size:1.3em} .answer{background:#eef7ee;border-left:4px solid #4a4;padding:.6em 1em;margin:1em 0}
-.answer.doubt{background:#fff8e6;border-left-color:#c90} .note{color:#850;font-size:.9em;margin-top:.4em}
-.step{border:1px solid #ddd;border-radius:6px;margin:.6em 0;padding:.5em .8em}
-.model{border-left:4px solid #57c} .tool{border-left:4px solid #c84} .rule{border-left:4px solid #4a4}
-.limit{border-left:4px solid #c44} .error{background:#fff3f3}
-.meta{color:#666;font-size:.85em} pre{white-space:pre-wrap;margin:.3em 0;font-size:.9em}
-img{max-width:100%;border:1px solid #ccc} table{border-collapse:collapse} td{padding:0 1em 0 0}
-"""
+# The page's markup lives in templates/trace.html.j2 (package data); autoescape is on, so every trace
+# field (model text, tool output, a trace read back from JSON) is escaped without a call per field.
+_TEMPLATES = Environment(
+    loader=PackageLoader("agents", "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    keep_trailing_newline=False,
+)
+# json.dumps as plain text (jinja's own `tojson` marks its output safe and rewrites <, >, &, ' as \u escapes)
+_TEMPLATES.filters["tojson_text"] = json.dumps
 
 
 def trace_to_html(trace: Trace, image: ImageSource | None = None) -> str:
-    """The page: question, answer, time split, the image with every detected box, and each step in order."""
-    split = trace.time_split()
-    parts = [
-        f"<h1>{escape(trace.question)}</h1>",
-        f'<div class="{_answer_class(trace)}"><b>{escape(answer_label(trace))}:</b> {escape(trace.answer or "(none)")}'
-        + (f"<br><b>Rationale:</b> {escape(trace.rationale)}" if trace.rationale else "")
-        + f"<br><b>Evidence used:</b> {escape(', '.join(trace.evidence_used) or '(none)')}"
-        + (f'<div class="note">{escape(trace.model_note)}</div>' if trace.model_note else "")
-        + "</div>",
-        '<table class="meta">'
-        f"<tr><td>model</td><td>{escape(trace.model)} (mode: {escape(trace.mode)})</td></tr>"
-        f"<tr><td>time</td><td>{trace.seconds:.2f}s = model {split['model']:.2f}s + tools {split['tools']:.2f}s"
-        f" + framework {split['framework']:.2f}s</td></tr>"
-        + (f"<tr><td>stopped by</td><td>{escape(trace.stopped_by)}</td></tr>" if trace.stopped_by else "")
-        + "</table>",
-    ]
-    picture = _picture(trace, image)
-    if picture:
-        parts.append(f'<p><img alt="the image with the detected boxes" src="data:image/png;base64,{picture}"></p>')
-    parts.append("<h2>Steps</h2>")
-    parts += [_step(i, s) for i, s in enumerate(trace.steps, 1)]
-    body = "\n".join(parts)
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>trace: {escape(trace.question)}</title>"
-        f"<style>{_STYLE}</style></head><body>{body}</body></html>"
+    """The page: question, answer, time split, the image with every detected box, and each step in order.
+
+    >>> page = trace_to_html(Trace(question="<b>how many?</b>", image="x.jpg", model="m"))
+    >>> "&lt;b&gt;how many?&lt;/b&gt;" in page and "<b>how many?" not in page
+    True
+    """
+    return _TEMPLATES.get_template("trace.html.j2").render(
+        trace=trace,
+        label=answer_label(trace),
+        answer_class=_answer_class(trace),
+        split=trace.time_split(),
+        picture=_picture(trace, image),
     )
 
 
@@ -85,30 +73,3 @@ def _picture(trace: Trace, image: ImageSource | None) -> str | None:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _step(i: int, step: Step) -> str:
-    timing = f"at {step.started:.2f}s, took {step.seconds:.3f}s"
-    error = " error" if step.error else ""
-    if step.kind == "model":
-        calls = "".join(f"<pre>→ {escape(c['name'])}({escape(json.dumps(c['args']))})</pre>" for c in step.tool_calls)
-        meta = (
-            f"{step.prompt_messages} messages, {step.prompt_chars} chars in; "
-            f"{step.input_tokens} tokens in, {step.output_tokens} out; {timing}"
-        )
-        note = f'<p class="meta">note: {escape(step.note)}</p>' if step.note else ""
-        return (
-            f'<div class="step model"><b>{i}. model</b> <span class="meta">{meta}</span>{note}'
-            f"<pre>{escape(step.content or '')}</pre>{calls}</div>"
-        )
-    if step.kind == "tool":
-        store = ""
-        if step.store_hits is not None:
-            store = f"; store: {step.store_hits} hit, {step.store_misses} miss"
-        return (
-            f'<div class="step tool{error}"><b>{i}. tool {escape(step.tool or "")}</b>'
-            f"<code>({escape(json.dumps(step.arguments))})</code> <span class='meta'>{timing}{store}</span>"
-            f"<pre>{escape(step.output or '')}</pre></div>"
-        )
-    kind = escape(str(step.kind))  # a trace read back from JSON is text like any other
-    return f'<div class="step {kind}"><b>{i}. {kind}</b> <pre>{escape(step.content or "")}</pre></div>'

@@ -125,7 +125,18 @@ def _children(pid: int) -> list[int]:
 class Worker:
     """A real ``celery worker`` process group, started exactly as ``expertbridge worker`` would start it."""
 
-    def __init__(self, name: str, env: dict, log: Path, *, experts: str = "timm", preload: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict,
+        log: Path,
+        *,
+        experts: str = "timm",
+        preload: bool = True,
+        item_sleep: float = 0.0,
+    ) -> None:
+        """``item_sleep`` > 0 runs the test-only app of tests/fault_worker.py: each chunk sleeps that long per
+        item (after it is recorded as started) before computing, so a test can kill the worker mid-chunk."""
         argv = batch_cli.worker_argv(
             ["expertbridge." + e for e in experts.split(",")],
             concurrency=1,
@@ -136,8 +147,14 @@ class Worker:
         self.name, self.log = name, log
         self.preload = preload
         full_env = {**os.environ, **env, "EXPERTBRIDGE_WORKER_EXPERTS": experts if preload else ""}
+        app = "workflows.celery_app"
+        if item_sleep:
+            app = "fault_worker"
+            here = str(Path(__file__).resolve().parent)
+            full_env["PYTHONPATH"] = os.pathsep.join(p for p in (here, full_env.get("PYTHONPATH")) if p)
+            full_env["FAULT_WORKER_ITEM_SLEEP"] = str(item_sleep)
         self.proc = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "workflows.celery_app", *argv, "--without-gossip", "--without-mingle"],
+            [str(BIN / "celery"), "-A", app, *argv, "--without-gossip", "--without-mingle"],
             cwd=REPO,
             env=full_env,
             stdout=log.open("w"),
@@ -765,11 +782,11 @@ def test_worker_sigkilled_mid_chunk_the_chunk_is_redelivered_and_every_item_coun
     st = jobs.status(job)
     assert st.state == "queued" and st.waiting == {"expertbridge.timm": 2}
 
-    env = _worker_env(TEST_REDIS, fault_injection_item_sleep=0.4, broker_visibility_timeout=300)
-    w = workers("kill-child", env)
+    env = _worker_env(TEST_REDIS, broker_visibility_timeout=300)
+    w = workers("kill-child", env, item_sleep=0.4)
     w.wait_ready()
+    # started (its delivery recorded): the pool process is now in 6 items × 0.4 s of injected sleep
     _wait_for(lambda: jobs.chunks(job).get(0, {}).get("deliveries") == 1, 30, "chunk 0 to start")
-    time.sleep(1.0)  # mid-chunk: 6 items × 0.4 s of injected sleep
     assert not jobs.chunks(job)[0].get("seconds")  # still running
     (child,) = w.pool_children()
     # the model was loaded in the pool process after the fork, never in the worker's main process
@@ -813,14 +830,16 @@ def test_whole_worker_sigkilled_the_chunk_goes_to_another_worker_after_the_visib
     vt = 8
     settings = _settings(broker_url=TEST_REDIS, batch_chunk_size=8, broker_visibility_timeout=vt)
     jobs = Jobs(settings)
-    env = _worker_env(TEST_REDIS, fault_injection_item_sleep=0.5, broker_visibility_timeout=vt)
-    pool = {name: workers(name, env) for name in ("one", "two")}
+    env = _worker_env(TEST_REDIS, broker_visibility_timeout=vt)
+    pool = {name: workers(name, env, item_sleep=0.5) for name in ("one", "two")}
     for w in pool.values():
         w.wait_ready()
     job = jobs.submit(images[:8])  # one chunk: ~4 s of injected sleep + the model, shorter than vt
-    _wait_for(lambda: jobs.chunks(job).get(0, {}).get("deliveries") == 1, 30, "chunk 0 to start")
-    time.sleep(1.0)
-    first = jobs.chunks(job)[0]
+    first = _wait_for(
+        lambda: (c := jobs.chunks(job).get(0, {})).get("deliveries") == 1 and c.get("last_worker") and c,
+        30,
+        "chunk 0 to start",
+    )
     assert not first.get("seconds"), "chunk finished before the kill; make it slower"
     doomed = first["last_worker"].split("@")[0]
     pool[doomed].kill_all()
@@ -899,8 +918,8 @@ def test_redis_restarted_during_a_job_records_and_features_stay_correct(redis_se
     vt = 5
     settings = _settings(broker_url=redis_server.url, batch_chunk_size=4, broker_visibility_timeout=vt)
     jobs = Jobs(settings)
-    env = _worker_env(redis_server.url, fault_injection_item_sleep=0.3, broker_visibility_timeout=vt)
-    w = workers("survivor", env)
+    env = _worker_env(redis_server.url, broker_visibility_timeout=vt)
+    w = workers("survivor", env, item_sleep=0.3)
     w.wait_ready()
     job = jobs.submit(images[:16])
     _wait_for(lambda: jobs.status(job).done >= 4, 60, "the first chunk")

@@ -175,3 +175,47 @@ def test_report_thumbnails_are_png_data_uris_and_an_unreadable_image_gives_none(
     with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as small:
         assert small.size == (96, 48) and small.getpixel((10, 10)) == (255, 0, 0)
     assert thumbnail_uri(str(tmp_path / "broken.png")) == "" and thumbnail_uri(str(tmp_path / "none.png")) == ""
+
+
+def test_hostile_text_is_escaped_in_the_report_and_in_its_trace_pages(tmp_path):
+    import base64
+    import re
+
+    from agents.trace import Trace
+    from agents.trace_html import trace_to_html
+    from workflows.reasoning_eval import EvalRow
+
+    evil = '<script>alert(1)</script> x" onmouseover="alert(2)\' y'
+    trace = {
+        "question": evil,
+        "image": evil,
+        "model": evil,
+        "answer": evil,
+        "steps": [{"kind": "tool", "started": 0, "seconds": 0, "tool": "detect_objects", "output": evil}],
+    }
+    row = EvalRow(
+        EvalItem(str(tmp_path / "none.png"), evil, "yes", evil, ("yes", "no")), evil, None, False, 1.0, trace=trace
+    )
+    report = report_html({evil: {evil: [row]}}, title=evil, notes=[evil])
+    pages = [base64.b64decode(p).decode() for p in re.findall(r"data:text/html;base64,([A-Za-z0-9+/=]+)", report)]
+    assert len(pages) == 1
+    for page in (report, pages[0], trace_to_html(Trace.from_dict(trace))):
+        assert "<script>" not in page and '" onmouseover="' not in page and "' y" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert report.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 6  # title, note, set, kind, run, question, answer
+    assert pages[0].count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # question, model, answer, tool output
+
+
+def test_the_page_templates_ship_in_the_wheel():
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[1]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    templates = [p.relative_to(root) for p in root.glob("*/templates/*") if p.is_file()]
+    assert templates
+    for path in templates:
+        package, inside = path.parts[0], "/".join(path.parts[1:])
+        assert any(fnmatch(inside, pattern) for pattern in package_data.get(package, ())), path

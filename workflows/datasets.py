@@ -53,27 +53,46 @@ class LabelledImages:
 
 
 def image_folder(root: str | Path, classnames: tuple[str, ...] | None = None) -> LabelledImages:
-    """``root/<class>/<image>``; classes are the sorted sub-directory names (or ``classnames``, in that order)."""
+    """``root/<class>/<image>``; classes are the sorted sub-directory names (or ``classnames``, in that order).
+
+    The walk is torchvision's (``datasets.folder.find_classes`` / ``make_dataset``, symlinks followed); the
+    rules are ours: an image is a file with one of :data:`IMAGE_SUFFIXES` (any case), hidden files and
+    folders (``.DS_Store``, macOS ``._x.jpg``, ``.ipynb_checkpoints/``) are skipped, a class folder with no
+    images is still a class, and each class's files come in path order.
+
+    >>> image_folder("no/such/dir")
+    Traceback (most recent call last):
+    ...
+    experts.errors.ConfigError: no/such/dir: not a directory of class folders
+    """
+    from torchvision.datasets.folder import find_classes, make_dataset
+
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"{root}: not a directory of class folders")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    try:
+        found = [name for name in find_classes(root)[0] if not name.startswith(".")]
+    except FileNotFoundError:  # torchvision: no class folder at all
+        found = []
+    if not found and not classnames:
+        raise ConfigError(f"{root}: no images found in class folders")
     classnames = tuple(classnames or found)
     missing = set(found) - set(classnames)
     if missing:
         raise ConfigError(f"{root}: class folders {sorted(missing)} are not among {list(classnames)}")
-    paths, labels = [], []
-    for label, name in enumerate(classnames):
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        for p in sorted(folder.rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(str(p))
-                labels.append(label)
-    if not paths:
+
+    def is_image(path: str) -> bool:
+        inside = Path(path).relative_to(root).parts
+        return not any(part.startswith(".") for part in inside) and Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+    class_to_idx = {name: i for i, name in enumerate(classnames)}
+    samples = make_dataset(root, class_to_idx, is_valid_file=is_image, allow_empty=True)
+    # make_dataset goes class by sorted name and directory by directory; labels follow ``classnames`` and the
+    # order within a class is by path (a k-shot sample of a seed depends on it: keep it stable).
+    samples.sort(key=lambda sample: (sample[1], Path(sample[0])))
+    if not samples:
         raise ConfigError(f"{root}: no images found in class folders")
-    return LabelledImages(tuple(paths), tuple(labels), classnames)
+    return LabelledImages(tuple(str(p) for p, _ in samples), tuple(label for _, label in samples), classnames)
 
 
 def coop_split(split_file: str | Path, image_root: str | Path) -> dict[str, LabelledImages]:

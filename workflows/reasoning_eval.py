@@ -21,8 +21,9 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from html import escape
 from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from agents.planner import Planner
 from agents.trace import Trace
@@ -164,14 +165,10 @@ def summarize(rows: Sequence[EvalRow]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- report
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
-table{border-collapse:collapse;margin:.5em 0 1.5em} th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left} .ok{color:#282} .bad{color:#b22}
-details{border:1px solid #ddd;border-radius:6px;margin:.4em 0;padding:.3em .7em} summary{cursor:pointer}
-iframe{width:100%;height:520px;border:1px solid #ccc} img.thumb{width:48px;height:48px;vertical-align:middle}
-.meta{color:#666;font-size:.9em}
-"""
+# The page's markup lives in templates/reasoning_report.html.j2 (package data). Autoescape is on: a
+# question, a model's raw answer or a run name is text, however hostile; the code below only gathers and
+# formats the values (the summary numbers are summarize()'s, unchanged).
+_TEMPLATES = Environment(loader=PackageLoader("workflows", "templates"), autoescape=True, undefined=StrictUndefined)
 
 
 def report_html(
@@ -185,60 +182,55 @@ def report_html(
 
     ``runs`` is ``{question set: {run name: rows}}`` (e.g. ``{"easy-VQA": {"qwen-1.5b": rows, "tool-only": rows}}``).
     The traces shown are the first wrong answers (then the first right ones), each as its full trace page.
+
+    >>> "&lt;i&gt;" in report_html({}, title="<i>")
+    True
     """
-    parts = [f"<h1>{escape(title)}</h1>"] + [f"<p class='meta'>{escape(n)}</p>" for n in notes]
+    sets = []
     for set_name, by_run in runs.items():
         summaries = {name: summarize(rows) for name, rows in by_run.items()}
         kinds = sorted({k for s in summaries.values() for k in s.get("per_kind", {})})
         n = next((s["questions"] for s in summaries.values() if s.get("questions")), 0)
-        parts.append(f"<h2>{escape(set_name)} — {n} questions</h2>")
-        head = ["run", "accuracy", *kinds, "median s", "p90 s", "model calls/q", "tool calls/q", "unparseable"]
-        table = ["<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
-        for name, s in summaries.items():
-            if not s.get("questions"):
-                continue
-            cells = [escape(name), f"{s['accuracy']:.1%}"]
-            for k in kinds:
-                share, n_kind = s["per_kind"].get(k, float("nan")), s["per_kind_n"].get(k, 0)
-                cells.append(f"{share:.1%} <span class='meta'>({n_kind})</span>")
-            cells += [
-                f"{s['median_s']:.2f}",
-                f"{s['p90_s']:.2f}",
-                f"{s['model_calls']:.2f}",
-                f"{s['tool_calls']:.2f}",
-                f"{s['unparseable']:.1%}",
-            ]
-            table.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        parts.append("".join(table) + "</table>")
+        table = [_summary_row(name, s, kinds) for name, s in summaries.items() if s.get("questions")]
+        traces = []
         for name, rows in by_run.items():
             traced = [r for r in rows if r.trace]
-            if not traced:
-                continue
-            shown = ([r for r in traced if not r.correct] + [r for r in traced if r.correct])[:traces_per_run]
-            parts.append(f"<h3>{escape(set_name)} · {escape(name)}: sample traces</h3>")
-            parts += [_trace_block(r) for r in shown]
-    body = "\n".join(parts)
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body>{body}</body></html>"
-    )
+            if traced:
+                shown = ([r for r in traced if not r.correct] + [r for r in traced if r.correct])[:traces_per_run]
+                traces.append({"run": name, "shown": [_trace_block(r) for r in shown]})
+        head = ["run", "accuracy", *kinds, "median s", "p90 s", "model calls/q", "tool calls/q", "unparseable"]
+        sets.append({"name": set_name, "questions": n, "head": head, "rows": table, "traces": traces})
+    return _TEMPLATES.get_template("reasoning_report.html.j2").render(title=title, notes=list(notes), sets=sets)
 
 
-def _trace_block(row: EvalRow) -> str:
-    mark = "<span class='ok'>right</span>" if row.correct else "<span class='bad'>wrong</span>"
-    summary = (
-        f"{_thumb(row.item.image)} {escape(row.item.question)} → {escape(repr(row.raw))} "
-        f"(gold {escape(row.item.answer)}; {mark}; {row.seconds:.1f}s, {row.model_calls} model / "
-        f"{row.tool_calls} tool calls)"
-    )
+def _summary_row(name: str, s: Mapping[str, Any], kinds: Sequence[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "accuracy": f"{s['accuracy']:.1%}",
+        "kinds": [(f"{s['per_kind'].get(k, float('nan')):.1%}", s["per_kind_n"].get(k, 0)) for k in kinds],
+        "timing": [
+            f"{s['median_s']:.2f}",
+            f"{s['p90_s']:.2f}",
+            f"{s['model_calls']:.2f}",
+            f"{s['tool_calls']:.2f}",
+            f"{s['unparseable']:.1%}",
+        ],
+    }
+
+
+def _trace_block(row: EvalRow) -> dict[str, Any]:
     page = trace_to_html(Trace.from_dict(row.trace), None) if row.trace else ""
-    src = base64.b64encode(page.encode()).decode()
-    return f"<details><summary>{summary}</summary><iframe src='data:text/html;base64,{src}'></iframe></details>"
-
-
-def _thumb(image: str) -> str:
-    uri = thumbnail_uri(image)
-    return f"<img class='thumb' alt='' src='{uri}'>" if uri else ""
+    return {
+        "thumb": thumbnail_uri(row.item.image),
+        "question": row.item.question,
+        "raw": repr(row.raw),
+        "gold": row.item.answer,
+        "correct": row.correct,
+        "seconds": f"{row.seconds:.1f}",
+        "model_calls": row.model_calls,
+        "tool_calls": row.tool_calls,
+        "page": base64.b64encode(page.encode()).decode(),
+    }
 
 
 def rows_to_json(runs: Mapping[str, Mapping[str, Sequence[EvalRow]]]) -> str:

@@ -263,9 +263,6 @@ class Settings(BaseSettings):
     )
     worker_experts: str | None = Field(None, description="experts a worker preloads (set by `expertbridge worker`)")
     worker_threads: int | None = Field(None, ge=1, description="torch threads per worker process; unset = cores/c")
-    fault_injection_item_sleep: float = Field(
-        0.0, ge=0, description="TESTS ONLY: seconds each batch task sleeps per item before computing"
-    )
 
 
 def vendored_dinov2_repo(environ: Mapping[str, str] | None = None) -> str | None:

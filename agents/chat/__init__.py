@@ -7,6 +7,7 @@ module                  what
 ``factory``             :func:`create_chat_model` and its spec grammar, :data:`DEFAULT_LOCAL_MODEL`,
                         :func:`reply_cap` (the per-call reply-length keyword of a model)
 ``local``               :class:`LocalChatModel`: transformers causal LM (dir / hub id / GGUF)
+``gguf_speedups``       one GGUF parse per transformers load, for the loading thread only
 ``llamacpp``            :class:`LlamaCppChatModel`: any GGUF through llama.cpp, in-process
 ``scripted``            :class:`ScriptedChatModel`: deterministic replies and tool calls
 ``toolcalls``           messages → chat-template dicts, the text tool prompt, parsing tool calls

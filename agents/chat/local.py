@@ -34,13 +34,11 @@ prompt's example (``"..."``) count as not given.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
-import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,6 +50,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from agents.chat.gguf_speedups import gguf_load_speedups
 from agents.chat.toolcalls import (
     DEFAULT_TOOL_PROMPT,
     PLACEHOLDER,
@@ -295,7 +294,7 @@ class LocalChatModel(BaseChatModel):
         if self.dtype:
             model_opts["dtype"] = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
         started = time.perf_counter()
-        speedups = _gguf_load_speedups() if src.gguf_file else contextlib.nullcontext()
+        speedups = gguf_load_speedups() if src.gguf_file else contextlib.nullcontext()
         with speedups, missing_weights_as_error(src.ref, expert="local chat model", hint=_OFFLINE_HINT):
             tok_opts = opts if self.tokenizer_name is None else {k: v for k, v in opts.items() if k != "gguf_file"}
             tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name or src.path_or_id, **tok_opts)
@@ -460,42 +459,6 @@ class LocalChatModel(BaseChatModel):
             },
         )
         return ChatResult(generations=[ChatGeneration(message=message, generation_info={"finish_reason": finish})])
-
-
-@contextlib.contextmanager
-def _gguf_load_speedups() -> Iterator[None]:
-    """Make transformers' GGUF loading parse the file once instead of three times.
-
-    transformers (5.x) opens a new ``gguf.GGUFReader`` for the tokenizer, the config and
-    the weights, and rebuilds ``gguf.get_tensor_name_map`` once per sub-module (~400
-    times for a small llama). Both are pure functions of their arguments, so during one
-    load they are memoized (SmolLM2-135M: 13 s → 5 s here). If the ``gguf``
-    package changes shape this does nothing.
-    """
-    try:
-        import gguf
-    except ImportError:
-        yield
-        return
-    reader_cls = getattr(gguf, "GGUFReader", None)
-    name_map = getattr(gguf, "get_tensor_name_map", None)
-    if reader_cls is None or name_map is None:
-        yield
-        return
-    readers: dict[tuple[str, str], Any] = {}
-
-    def cached_reader(path: Any, mode: str = "r") -> Any:
-        key = (os.path.realpath(os.fspath(path)), mode)
-        if key not in readers:
-            readers[key] = reader_cls(path, mode)
-        return readers[key]
-
-    gguf.GGUFReader, gguf.get_tensor_name_map = cached_reader, functools.lru_cache(maxsize=None)(name_map)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = reader_cls, name_map
-        readers.clear()
 
 
 def _eos_ids(tok: Any, net: Any) -> list[int]:

@@ -112,9 +112,6 @@ def execute_chunk(
         job_error = msg
     else:
         try:
-            if settings.fault_injection_item_sleep:  # TESTS ONLY: make a chunk slow to kill its worker mid-chunk
-                for _ in items:
-                    time.sleep(settings.fault_injection_item_sleep)
             rows = get_task_kind(message["task"]).run(ctx)
             if len(rows) != len(items):
                 raise RuntimeError(f"task {message['task']!r} returned {len(rows)} rows for {len(items)} items")
