@@ -141,9 +141,11 @@ class Planner:
         look_first: bool = True,
         first_tool: str | None = None,
         system_prompt: str = SYSTEM_PROMPT,
+        call_lone_tool: bool = True,
     ) -> None:
         self.model, self.toolbox, self.limits, self.system_prompt = model, toolbox, limits, system_prompt
         self.rules, self.look_first, self.first_tool = rules, look_first, first_tool
+        self.call_lone_tool = call_lone_tool  # with look_first and one argument-free tool: call it without the model
         self.quirks = ModelQuirks()  # what this planner learned about its model's server
 
     @property
@@ -163,7 +165,7 @@ class Planner:
                 return result
         tools = self.toolbox.tools_for(image)
         first = next((t for t in tools if t.name == self.first_tool), None)
-        if first is None and self.look_first and len(tools) == 1 and not tools[0].args:
+        if first is None and self.look_first and self.call_lone_tool and len(tools) == 1 and not tools[0].args:
             # A forced choice among one tool without arguments leaves the model nothing to decide:
             # calling it ourselves saves a model call (about 3 s of Qwen2.5-1.5B on 2 cores).
             first = tools[0]

@@ -244,6 +244,10 @@ def test_a_lone_tool_without_arguments_is_called_by_the_planner_not_the_model():
     assert [s.kind for s in result.trace.steps] == ["tool", "model"]  # one model call, not two
     assert len(model.calls) == 1 and model.tool_choices == [None]  # nothing left to force
     assert result.answer == "circle" and result.evidence_used == ["classify_few_shot"]
+    # call_lone_tool=False: the model is made to call it (a forced choice)
+    model = ScriptedChatModel(steps=[call("classify_few_shot"), "Answer: circle"])
+    Planner(model, ExpertToolbox(classifiers={"shape": shape}), call_lone_tool=False).run("x.png", "What shape?")
+    assert model.tool_choices[0] == "any" and len(model.calls) == 2
     # with look_first off the model decides whether to look
     model = ScriptedChatModel(steps=["Answer: circle"])
     Planner(model, ExpertToolbox(classifiers={"shape": shape}), look_first=False).run("x.png", "What shape is it?")
