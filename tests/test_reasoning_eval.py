@@ -16,6 +16,7 @@ from experts import create_expert
 from experts.errors import ConfigError
 from workflows import easy_vqa
 from workflows.reasoning_eval import EvalItem, normalize_answer, report_html, run_planner, run_program, summarize
+from workflows.vqa import read_vqa
 
 
 def test_question_kinds_follow_the_templates():
@@ -35,6 +36,21 @@ def test_the_sample_is_stratified_and_fixed_by_its_seed():
     assert all(q.answer in q.choices for q in sample)
     with pytest.raises(ConfigError):
         easy_vqa.stratified_sample(3)
+
+
+def test_a_balanced_sample_has_as_many_yes_as_no_answers_per_yes_no_kind():
+    # easy-VQA's own mix is ~82 % "no" (presence) / "yes" (negated): a bridge trained on it answered by the prior
+    plain = easy_vqa.stratified_sample(400, seed=2, split="train")
+    assert collections.Counter(q.answer for q in plain if q.kind == "presence")["no"] > 70
+    sample = easy_vqa.stratified_sample(402, seed=2, split="train", balance_answers=True)
+    counts = collections.Counter((q.kind, q.answer) for q in sample if q.kind in ("presence", "negated"))
+    assert counts == {("presence", "yes"): 50, ("presence", "no"): 50, ("negated", "yes"): 50, ("negated", "no"): 50}
+    assert collections.Counter(q.kind for q in sample)["shape"] == 101  # the other kinds are drawn as before
+    assert [(p.kind, p.answer) for p in read_vqa("easy-vqa:train:402:balanced", seed=2)] == [
+        (q.kind, q.answer) for q in sample
+    ]
+    with pytest.raises(ConfigError):
+        read_vqa("easy-vqa:train:40:even")
 
 
 def test_the_tool_only_program_answers_every_test_question_right_from_the_true_labels():

@@ -85,10 +85,16 @@ def load_questions(split: Split = "test") -> list[VQAQuestion]:
     return [VQAQuestion(paths[i], q, a, question_kind(q), int(i)) for q, a, i in zip(texts, answers, ids)]
 
 
-def stratified_sample(n: int, *, seed: int = 0, split: Split = "test") -> list[VQAQuestion]:
+def stratified_sample(
+    n: int, *, seed: int = 0, split: Split = "test", balance_answers: bool = False
+) -> list[VQAQuestion]:
     """``n`` questions, as equal a share of each kind as ``n`` allows, drawn with ``random.Random(seed)``.
 
-    The same ``(n, seed)`` always gives the same questions, in the same order.
+    The same ``(n, seed)`` always gives the same questions, in the same order. ``balance_answers`` also
+    splits each yes/no kind's share equally between "yes" and "no": easy-VQA's own mix is 82 % "no" for
+    presence and 82 % "yes" for negated questions, so a model trained on it can score 82 % on those kinds
+    by answering from the question's wording alone (a bridge trained for 45 min did exactly that). Use it
+    for training samples; test samples keep the dataset's own mix.
     """
     if n < len(KINDS):
         raise ConfigError(f"sample at least {len(KINDS)} questions (one per kind), got {n}")
@@ -99,7 +105,12 @@ def stratified_sample(n: int, *, seed: int = 0, split: Split = "test") -> list[V
     picked: list[VQAQuestion] = []
     for i, kind in enumerate(KINDS):
         share = n // len(KINDS) + (1 if i < n % len(KINDS) else 0)
-        picked += rng.sample(by_kind[kind], share)
+        if balance_answers and kind in ("presence", "negated"):
+            for j, answer in enumerate(("yes", "no")):
+                pool = [q for q in by_kind[kind] if q.answer == answer]
+                picked += rng.sample(pool, share // 2 + (share % 2 if j == 0 else 0))
+        else:
+            picked += rng.sample(by_kind[kind], share)
     rng.shuffle(picked)
     return picked
 

@@ -89,8 +89,11 @@ def read_vqa_pairs(path: str | Path) -> list[VQAPair]:
     return pairs
 
 
-def easy_vqa_pairs(split: str = "train", limit: int | None = None, *, seed: int = 0) -> list[VQAPair]:
-    """easy-VQA questions of ``split``: all of them, or a seeded sample of ``limit`` with equal shares per kind."""
+def easy_vqa_pairs(
+    split: str = "train", limit: int | None = None, *, seed: int = 0, balance_answers: bool = False
+) -> list[VQAPair]:
+    """easy-VQA questions of ``split``: all of them, or a seeded sample of ``limit`` with equal shares per kind
+    (and, with ``balance_answers``, as many "yes" as "no" answers per yes/no kind)."""
     from workflows import easy_vqa
 
     if split not in ("train", "test"):
@@ -98,13 +101,14 @@ def easy_vqa_pairs(split: str = "train", limit: int | None = None, *, seed: int 
     questions = (
         easy_vqa.load_questions(split)  # type: ignore[arg-type]
         if limit is None
-        else easy_vqa.stratified_sample(limit, seed=seed, split=split)  # type: ignore[arg-type]
+        else easy_vqa.stratified_sample(limit, seed=seed, split=split, balance_answers=balance_answers)  # type: ignore[arg-type]
     )
     return [VQAPair(q.image, q.question, q.answer, q.kind) for q in questions]
 
 
 def read_vqa(source: str | Path, *, seed: int = 0) -> list[VQAPair]:
-    """A pairs file, or ``easy-vqa:SPLIT[:N]`` (N questions sampled with ``seed``, equal shares per kind).
+    """A pairs file, or ``easy-vqa:SPLIT[:N[:balanced]]`` (N questions sampled with ``seed``, equal shares
+    per kind; ``balanced``: as many "yes" as "no" answers per yes/no kind, for training).
 
     >>> len(read_vqa("easy-vqa:test:8"))  # doctest: +SKIP
     8
@@ -112,9 +116,17 @@ def read_vqa(source: str | Path, *, seed: int = 0) -> list[VQAPair]:
     text = str(source)
     if text.startswith("easy-vqa:"):
         parts = text.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
-            raise ConfigError(f"expected easy-vqa:train, easy-vqa:test or easy-vqa:SPLIT:N, got {text!r}")
-        return easy_vqa_pairs(parts[1], int(parts[2]) if len(parts) == 3 else None, seed=seed)
+        balanced = len(parts) == 4 and parts[3] == "balanced"
+        if (
+            len(parts) not in (2, 3, 4)
+            or (len(parts) >= 3 and not parts[2].isdigit())
+            or (len(parts) == 4 and not balanced)
+        ):
+            raise ConfigError(
+                f"expected easy-vqa:train, easy-vqa:test, easy-vqa:SPLIT:N or easy-vqa:SPLIT:N:balanced, got {text!r}"
+            )
+        limit = int(parts[2]) if len(parts) >= 3 else None
+        return easy_vqa_pairs(parts[1], limit, seed=seed, balance_answers=balanced)
     return read_vqa_pairs(source)
 
 
