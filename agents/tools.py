@@ -1,31 +1,40 @@
-"""Experts as LangChain tools, bound to one image.
+"""Experts as LangChain tools, declared once and given the image at call time.
+
+Each tool is declared once, in :data:`TOOLS`: its name, what the model reads about it, its
+arguments (a pydantic schema) and the toolbox method that runs it. A toolbox offers the tools
+whose *role* it holds (a detector, a captioner, few-shot models, ...), so the model can only
+call what is registered. The image is not an argument the model sees or fills: it reaches the
+tool through LangChain's injected :class:`~langchain.tools.ToolRuntime`, as
+``runtime.context.image`` (the planner passes it in the agent's run context). One list of
+tools, hence one agent graph, serves every question.
 
 Each tool runs its expert, renders the evidence with the text bridge for the model, and
 returns the raw evidence as the ToolMessage artifact for the trace. The experts may answer
 from the feature store: the workflows layer passes ``workflows.store_runner.StoredExpert``s,
 whose ``last_run`` hit and miss counts go into the artifact; the toolbox never sees the store.
 
-    toolbox = ExpertToolbox(detector=create_expert("yolo", weights="yolov8n.pt"))
-    tools = toolbox.tools_for("bus.jpg")        # [detect_objects]
-    tools[0].invoke({"labels": ["person"]})     # '4 objects: person ×4 ...'
+    toolbox = ExpertToolbox.from_experts([create_expert("yolo", weights="yolov8n.pt")])
+    toolbox.names                                          # ['detect_objects']
+    call_tool(toolbox.tools[0], "bus.jpg", {"labels": ["person"]}).content   # '4 objects: person ×4 ...'
 
-Only the experts given become tools, so the model can only call what is registered.
 Arguments are validated by pydantic schemas; a failure (bad argument, unreadable image,
 expert error) goes back to the model as the tool's answer, never as an exception.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from langchain.tools import ToolRuntime
+from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field
 
 from bridges.text import render
-from experts import Caption, Classification, Detections, Expert, ExpertBridgeError, ItemResult
+from experts import Caption, Classification, ConfigError, Detections, Expert, ExpertBridgeError, ItemResult
 from experts.images import ImageSource
 
 
@@ -65,13 +74,127 @@ class ClipTagsArgs(BaseModel):
     )
 
 
-class NoArgs(BaseModel):
-    pass
+@dataclass(frozen=True)
+class ToolContext:
+    """What a tool reads from the agent's run context (``runtime.context``): the image of this question.
+
+    The planner's own context extends it (``agents.guard.RunContext``); tools read only ``image``.
+    """
+
+    image: ImageSource
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool, declared once: offered by every toolbox that holds ``role``.
+
+    ``method`` names the :class:`ExpertToolbox` method that runs it, ``method(image, **args)``
+    returning ``(text for the model, artifact for the trace)``; it is looked up at call time.
+    ``description`` is the text the model reads, or a function of the toolbox that writes it
+    (the few-shot tool names the classes it knows).
+
+    >>> TOOLS[0].name, TOOLS[0].role, sorted(TOOLS[0].args.model_fields)
+    ('detect_objects', 'detector', ['boxes', 'labels', 'min_score'])
+    >>> ExpertToolbox(detector=object()).tools[0].tool_call_schema.model_json_schema()["properties"].keys()
+    dict_keys(['labels', 'min_score', 'boxes'])
+    """
+
+    name: str
+    role: str
+    args: type[BaseModel] | None  # None: no arguments
+    method: str
+    description: str | Callable[[ExpertToolbox], str]
+
+    def build(self, toolbox: ExpertToolbox) -> StructuredTool:
+        """The LangChain tool for ``toolbox``: the model fills ``args``; the image comes from the run context."""
+
+        def run(runtime: ToolRuntime[Any, Any], **args: Any) -> tuple[str, dict[str, Any]]:
+            context = runtime.context
+            if context is None:  # invoked outside an agent run and not through call_tool: say so plainly
+                raise ToolException(f"{self.name} was called without an image (no run context)")
+            return getattr(toolbox, self.method)(context.image, **args)
+
+        def run_without_args(runtime: ToolRuntime[Any, Any]) -> tuple[str, dict[str, Any]]:
+            return run(runtime)
+
+        # No args schema when there are no arguments: langchain-core (1.8) drops injected arguments,
+        # the runtime among them, for a schema without fields; one inferred from the signature keeps it.
+        return StructuredTool.from_function(
+            func=run if self.args is not None else run_without_args,
+            name=self.name,
+            description=self.description if isinstance(self.description, str) else self.description(toolbox),
+            args_schema=self.args,
+            response_format="content_and_artifact",
+            handle_tool_error=_as_error_text,
+            handle_validation_error=_as_validation_text,
+        )
+
+
+def _few_shot_description(toolbox: ExpertToolbox) -> str:
+    models = toolbox.few_shot_models
+    if len(models) == 1:
+        (only,) = models.values()
+        return f"Classify the image into one of: {', '.join(only.classnames)} (a few-shot model)."
+    choices = "; ".join(f"{name} ({', '.join(m.classnames)})" for name, m in models.items())
+    return f"Classify the image with few-shot models, one per property: {choices}. Every model answers."
+
+
+#: Every tool a planner may be offered, in the order the model sees them.
+TOOLS: tuple[ToolSpec, ...] = (
+    ToolSpec(
+        "detect_objects",
+        "detector",
+        DetectArgs,
+        "_detect",
+        "Detect and count objects in the image (an object detector with COCO classes). Returns each "
+        "class with its count, position and size.",
+    ),
+    ToolSpec("caption_image", "captioner", None, "_caption", "One-sentence caption."),
+    ToolSpec(
+        "describe_regions",
+        "dense_captioner",
+        None,
+        "_regions",
+        "Captions of the main regions of the image, with their positions.",
+    ),
+    ToolSpec(
+        "clip_tags",
+        "clip",
+        ClipTagsArgs,
+        "_clip_tags",
+        "Rank candidate labels by how well they match the image (CLIP zero-shot).",
+    ),
+    ToolSpec("classify_few_shot", "few_shot_models", None, "_classify", _few_shot_description),
+    ToolSpec(
+        "describe_image",
+        "bridge",
+        None,
+        "_describe",
+        "A short description of the image, written by a language model that sees the image features.",
+    ),
+)
+
+#: The role an expert fills, by the kind of evidence it gives (``expert.evidence_type.kind``).
+ROLE_BY_EVIDENCE = {"detections": "detector", "caption": "captioner", "region_captions": "dense_captioner"}
+
+
+def role_of(expert: Expert) -> str | None:
+    """The toolbox role ``expert`` fills, from what it gives: detections, captions, region captions, or
+    image features with a text side (CLIP: ``zero_shot_logits``); ``None`` when no tool reads its evidence.
+
+    >>> from types import SimpleNamespace
+    >>> role_of(SimpleNamespace(evidence_type=Detections))
+    'detector'
+    """
+    kind = getattr(getattr(expert, "evidence_type", None), "kind", None)
+    if kind == "features" and callable(getattr(expert, "zero_shot_logits", None)):
+        return "clip"
+    return ROLE_BY_EVIDENCE.get(kind)
 
 
 @dataclass
 class ExpertToolbox:
-    """The experts a planner may call; ``tools_for(image)`` makes the LangChain tools for one image."""
+    """The experts a planner may call; ``tools`` are the LangChain tools for the roles it holds."""
 
     detector: Expert | None = None
     captioner: Expert | None = None
@@ -90,75 +213,37 @@ class ExpertToolbox:
     describe_prompt: str = "<image>Caption:"
     text_budget: int = 300  # tokens of bridge text per tool result
 
+    @classmethod
+    def from_experts(cls, experts: Iterable[Expert], **kwargs: Any) -> ExpertToolbox:
+        """A toolbox with each expert in the role its evidence fills (:func:`role_of`); ``kwargs`` set the rest
+        (few-shot models, a bridge). An expert no tool reads, or two for one role, is a :class:`ConfigError`."""
+        roles: dict[str, Expert] = {}
+        for expert in experts:
+            role = role_of(expert)
+            kind = getattr(getattr(expert, "evidence_type", None), "kind", "unknown")
+            if role is None:
+                readable = ", ".join([*ROLE_BY_EVIDENCE, "features with a text side (clip)"])
+                raise ConfigError(
+                    f"expert {expert.name!r} gives {kind} evidence, which no planner tool reads; tools read: {readable}"
+                )
+            if role in roles:
+                raise ConfigError(f"experts {roles[role].name!r} and {expert.name!r} are both a {role}: give one")
+            roles[role] = expert
+        return cls(**roles, **kwargs)
+
+    @property
+    def tools(self) -> list[BaseTool]:
+        """One tool per role this toolbox holds, in :data:`TOOLS` order; the image comes with each call."""
+        return [spec.build(self) for spec in TOOLS if self.holds(spec.role)]
+
     @property
     def names(self) -> list[str]:
-        return [t.name for t in self.tools_for("")]
+        return [spec.name for spec in TOOLS if self.holds(spec.role)]
 
-    def tools_for(self, image: ImageSource) -> list[BaseTool]:
-        tools = []
-        if self.detector is not None:
-            tools.append(
-                _tool(
-                    lambda labels=None, min_score=0.25, boxes=False: self._detect(image, labels, min_score, boxes),
-                    "detect_objects",
-                    "Detect and count objects in the image (an object detector with COCO classes). Returns each "
-                    "class with its count, position and size.",
-                    DetectArgs,
-                )
-            )
-        if self.captioner is not None:
-            tools.append(
-                _tool(lambda: self._single(self.captioner, image), "caption_image", "One-sentence caption.", NoArgs)
-            )
-        if self.dense_captioner is not None:
-            tools.append(
-                _tool(
-                    lambda: self._single(self.dense_captioner, image),
-                    "describe_regions",
-                    "Captions of the main regions of the image, with their positions.",
-                    NoArgs,
-                )
-            )
-        if self.clip is not None:
-            tools.append(
-                _tool(
-                    lambda candidates: self._clip_tags(image, candidates),
-                    "clip_tags",
-                    "Rank candidate labels by how well they match the image (CLIP zero-shot).",
-                    ClipTagsArgs,
-                )
-            )
-        few_shot = self.few_shot_models
-        if len(few_shot) == 1:
-            ((only_name, only),) = few_shot.items()
-            tools.append(
-                _tool(
-                    lambda: self._few_shot(image, only, None if only_name == "default" else only_name),
-                    "classify_few_shot",
-                    f"Classify the image into one of: {', '.join(only.classnames)} (a few-shot model).",
-                    NoArgs,
-                )
-            )
-        elif few_shot:
-            choices = "; ".join(f"{name} ({', '.join(m.classnames)})" for name, m in few_shot.items())
-            tools.append(
-                _tool(
-                    lambda: self._few_shots(image, few_shot),
-                    "classify_few_shot",
-                    f"Classify the image with few-shot models, one per property: {choices}. Every model answers.",
-                    NoArgs,
-                )
-            )
-        if self.describer is not None and self.describer_expert is not None:
-            tools.append(
-                _tool(
-                    lambda: self._describe(image),
-                    "describe_image",
-                    "A short description of the image, written by a language model that sees the image features.",
-                    NoArgs,
-                )
-            )
-        return tools
+    def holds(self, role: str) -> bool:
+        """Is ``role`` (an attribute: ``detector``, ``few_shot_models``, ``bridge``, ...) filled?"""
+        held = getattr(self, role, None)
+        return bool(held) if isinstance(held, Mapping) else held is not None
 
     @property
     def few_shot_models(self) -> dict[str, FewShotModel]:
@@ -167,6 +252,13 @@ class ExpertToolbox:
         if self.classifier is not None:
             models.setdefault("default", self.classifier)
         return models
+
+    @property
+    def bridge(self) -> tuple[Any, Expert] | None:
+        """The learnable bridge and its feature expert, when both are given."""
+        if self.describer is None or self.describer_expert is None:
+            return None
+        return self.describer, self.describer_expert
 
     # ------------------------------------------------------------------ tool bodies
 
@@ -184,7 +276,15 @@ class ExpertToolbox:
         evidence, store = self._evidence(expert, image)
         return render(evidence, max_tokens=self.text_budget), {"evidence": evidence.to_dict(), "store": store}
 
-    def _detect(self, image: ImageSource, labels: list[str] | None, min_score: float, boxes: bool):
+    def _caption(self, image: ImageSource):
+        return self._single(self.captioner, image)
+
+    def _regions(self, image: ImageSource):
+        return self._single(self.dense_captioner, image)
+
+    def _detect(
+        self, image: ImageSource, labels: list[str] | None = None, min_score: float = 0.25, boxes: bool = False
+    ):
         evidence, store = self._evidence(self.detector, image)
         # Filters apply to the stored evidence, so one forward pass answers every filter.
         wanted = None if not labels else {label.strip().lower() for label in labels}
@@ -209,10 +309,19 @@ class ExpertToolbox:
         return render(tags, max_tokens=self.text_budget), {"evidence": tags.to_dict(), "store": store}
 
     def _describe(self, image: ImageSource):
-        evidence, store = self._evidence(self.describer_expert, image)
-        text = self.describer.generate(torch.as_tensor(evidence.vector)[None], [self.describe_prompt])[0].strip()
+        describer, expert = self.bridge
+        evidence, store = self._evidence(expert, image)
+        text = describer.generate(torch.as_tensor(evidence.vector)[None], [self.describe_prompt])[0].strip()
         caption = Caption(text)
         return render(caption, max_tokens=self.text_budget), {"evidence": caption.to_dict(), "store": store}
+
+    def _classify(self, image: ImageSource):
+        """One few-shot model's answer (named unless it is the lone ``classifier``), or every model's."""
+        models = self.few_shot_models
+        if len(models) == 1:
+            ((name, only),) = models.items()
+            return self._few_shot(image, only, None if name == "default" else name)
+        return self._few_shots(image, models)
 
     def _few_shots(self, image: ImageSource, models: Mapping[str, FewShotModel]):
         """Every named model's answer, one line each."""
@@ -254,16 +363,20 @@ def few_shot_text(ranked: Sequence[tuple[str, float]], name: str | None = None) 
     return text + "."
 
 
-def _tool(func: Callable, name: str, description: str, schema: type[BaseModel]) -> StructuredTool:
-    return StructuredTool.from_function(
-        func=func,
-        name=name,
-        description=description,
-        args_schema=schema,
-        response_format="content_and_artifact",
-        handle_tool_error=_as_error_text,
-        handle_validation_error=_as_validation_text,
+def call_tool(
+    tool: BaseTool, image: ImageSource, args: Mapping[str, Any] | None = None, call_id: str | None = None
+) -> ToolMessage:
+    """Run ``tool`` on ``image`` outside an agent graph (the planner's own first look, the rule path, tests):
+    the :class:`ToolContext` an agent run would inject, given by hand.
+
+    A tool that takes no runtime (a plain ``@tool`` function) ignores it.
+    """
+    call_id = call_id or f"direct-{tool.name}"
+    runtime = ToolRuntime(
+        state={}, context=ToolContext(image), config={}, stream_writer=lambda _: None, tool_call_id=call_id, store=None
     )
+    call = {"type": "tool_call", "name": tool.name, "args": {**(args or {}), "runtime": runtime}, "id": call_id}
+    return tool.invoke(call)
 
 
 def _as_error_text(err: ToolException) -> str:

@@ -102,7 +102,7 @@ def test_forced_call_grammars_build_for_the_planner_tools():
 
     named = {"shape": SimpleNamespace(classnames=("circle",)), "color": SimpleNamespace(classnames=("red",))}
     toolbox = ExpertToolbox(classifiers=named, detector=SimpleNamespace(names={0: "person"}))
-    schemas = [convert_to_openai_tool(t) for t in toolbox.tools_for("x.png")] + TOOLS
+    schemas = [convert_to_openai_tool(t) for t in toolbox.tools] + TOOLS
     assert [s["function"]["name"] for s in schemas[:2]] == ["detect_objects", "classify_few_shot"]
     for schema in (forced_call_schema(schemas), forced_call_schema(schemas[:1])):
         LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)

@@ -220,7 +220,8 @@ class SlowToolbox:
         self.release = threading.Event()
         self.finished = threading.Event()
 
-    def tools_for(self, image):
+    @property
+    def tools(self):
         # An argument, so the model calls it (a lone tool without arguments the planner calls itself).
         @tool("detect_objects")
         def detect_objects(labels: list[str] | None = None) -> str:
@@ -256,7 +257,8 @@ def test_a_lone_tool_without_arguments_is_called_by_the_planner_not_the_model():
 
 def test_time_budget_bounds_the_planners_own_first_look():
     class SlowLook(SlowToolbox):
-        def tools_for(self, image):
+        @property
+        def tools(self):
             @tool("caption_image")
             def caption_image() -> str:
                 """One-sentence caption."""

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from agents.chat import DEFAULT_LOCAL_MODEL, ScriptedChatModel
 from cache.store import DirectoryStore
-from experts import ConfigError
+from experts import ConfigError, create_expert
 from workflows.cli import app
 from workflows.reasoning import Reasoner
 
@@ -45,8 +45,12 @@ def test_missing_image_and_unknown_tool_expert_are_clear_errors(yolo, tmp_path):
     reasoner = Reasoner(model=scripted(0), experts={"yolo": yolo}, store=None)
     with pytest.raises(ConfigError, match="does not exist"):
         reasoner.ask(tmp_path / "nope.jpg", "How many people?")
-    with pytest.raises(ConfigError, match="not a planner tool"):
-        Reasoner(model=scripted(0), experts={"timm": yolo}, store=None)
+    # an expert's tool follows from the evidence it gives, not from its name
+    assert Reasoner(model=scripted(0), experts={"detector": yolo}, store=None).toolbox.names == ["detect_objects"]
+    with pytest.raises(ConfigError, match="gives features evidence, which no planner tool reads"):
+        Reasoner(model=scripted(0), experts={"color_histogram": create_expert("color_histogram")}, store=None)
+    with pytest.raises(ConfigError, match="are both a detector"):
+        Reasoner(model=scripted(0), experts={"yolo": yolo, "yolo2": yolo}, store=None)
 
 
 @pytest.fixture(scope="module")

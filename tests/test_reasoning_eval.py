@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from agents.chat import ScriptedChatModel
 from agents.planner import Planner
-from agents.tools import ExpertToolbox
+from agents.tools import ExpertToolbox, call_tool
 from experts import create_expert
 from experts.errors import ConfigError
 from workflows import easy_vqa
@@ -166,10 +166,10 @@ def test_classify_few_shot_states_every_classifier_and_never_names_a_ruled_out_l
             "color": Fixed({"blue": 0.004, "red": 0.99, "teal": 0.006}),
         }
     )
-    (tool,) = toolbox.tools_for("x.png")
+    (tool,) = toolbox.tools
     assert tool.name == "classify_few_shot" and tool.args == {}
     assert "shape (circle, rectangle, triangle); color (blue, red, teal)" in tool.description
-    message = tool.invoke({"type": "tool_call", "name": "classify_few_shot", "args": {}, "id": "c0"})
+    message = call_tool(tool, "x.png")
     assert message.content == "The shape is circle (0.90); it may also be rectangle (0.08).\nThe color is red."
     assert "blue" not in message.content  # a colour ruled out is never named: small models read it as present
     evidence = message.artifact["evidence"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agents.tools import ExpertToolbox
+from agents.tools import ExpertToolbox, call_tool
 from cache.store import DirectoryStore
 from experts import Detection, Detections, Expert, create_expert
 from experts.file_hashes import FileHashes
@@ -183,17 +183,16 @@ class FakeDetector(Expert):
 
 def test_the_toolbox_reports_the_store_counts_of_a_stored_expert(tmp_path):
     image = _images(tmp_path / "img", 1)[0]
-    plain = ExpertToolbox(detector=FakeDetector()).tools_for(image)[0]
-    stored = ExpertToolbox(detector=StoredExpert(FakeDetector(), DirectoryStore(tmp_path / "store")))
-    call = {"name": "detect_objects", "args": {}, "id": "1", "type": "tool_call"}
-    want = plain.invoke(call)
+    (plain,) = ExpertToolbox(detector=FakeDetector()).tools
+    (stored,) = ExpertToolbox(detector=StoredExpert(FakeDetector(), DirectoryStore(tmp_path / "store"))).tools
+    want = call_tool(plain, image)
     assert want.artifact["store"] == {"hits": 0, "misses": 1}
     for counts in ({"hits": 0, "misses": 1, "failed": 0}, {"hits": 1, "misses": 0, "failed": 0}):
-        got = stored.tools_for(image)[0].invoke(call)
+        got = call_tool(stored, image)
         assert got.content == want.content and got.artifact["evidence"] == want.artifact["evidence"]
         assert got.artifact["store"] == counts
     # the detector's own attributes reach the tool through the wrapper: an unknown class is named
-    text = stored.tools_for(image)[0].invoke({**call, "args": {"labels": ["dog"]}}).content
+    text = call_tool(stored, image, {"labels": ["dog"]}).content
     assert "no class dog" in text
 
 

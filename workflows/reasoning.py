@@ -34,9 +34,6 @@ from experts.images import ImageSource, load_image
 from workflows.settings import Settings
 from workflows.store_runner import StoredExpert
 
-#: expert name → the toolbox slot it fills
-TOOL_SLOTS = {"yolo": "detector", "captioner": "captioner", "dense_captioner": "dense_captioner", "clip": "clip"}
-
 
 class Reasoner:
     """A planner wired to experts from the settings, the feature store, and a chat model."""
@@ -59,17 +56,14 @@ class Reasoner:
         #: file hashes of one question (the tools share them: the image is read once per question)
         self.hashes = FileHashes()
         built = dict(experts) if isinstance(experts, Mapping) else {n: self._expert(n) for n in experts}
-        slots = {}
-        for name, expert in built.items():
-            if name not in TOOL_SLOTS:
-                raise ConfigError(f"expert {name!r} is not a planner tool; tools: {', '.join(TOOL_SLOTS)}")
-            slots[TOOL_SLOTS[name]] = self._stored(expert)
+        extras: dict[str, Any] = {"classifier": classifier}
         if bridge is not None:  # a trained learnable bridge becomes the describe_image tool
             from workflows.bridging import BridgeJob
 
             job = BridgeJob.load(bridge)
-            slots.update(describer=job.model, describer_expert=self._stored(job.expert), describe_prompt=job.prompt)
-        self.toolbox = ExpertToolbox(**slots, classifier=classifier)
+            extras.update(describer=job.model, describer_expert=self._stored(job.expert), describe_prompt=job.prompt)
+        # Each expert fills the role its evidence fits (detections, captions, ...): its tool follows from that.
+        self.toolbox = ExpertToolbox.from_experts([self._stored(e) for e in built.values()], **extras)
         spec, kwargs = self._model_spec(model, model_kwargs)
         self.model = create_chat_model(spec, **kwargs)
         # A trained bridge is why the user is here: the first look at the image goes through it.
