@@ -336,13 +336,16 @@ class BridgedLM:
         """
         meta = read_config(directory)
         bridge = _bridge_matching_file(meta["bridge"], Path(directory) / WEIGHTS_FILE)
+        lora = _lora_of(meta)
+        if lora is not None:
+            _check_lora_file(lora, Path(directory) / LORA_FILE)  # before the adapters are allocated
         model = cls(
             lm,
             tokenizer,
             bridge,
             meta["image_token"],
             lm_name=lm_name if lm_name is not None else meta["lm"],
-            lora=_lora_of(meta),
+            lora=lora,
         )
         model.load_weights(directory)
         return model
@@ -383,6 +386,21 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             f"(this version reads {FORMAT_VERSION})"
         )
     return meta
+
+
+def _check_lora_file(lora: LoraSettings, path: Path) -> None:
+    """The adapter file exists and its tensors have the rank ``bridge.json`` claims (a typo there must not
+    allocate a rank-10⁶ adapter on every projection before the mismatch shows)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise ConfigError(f"{path.parent}: {CONFIG_FILE} names LoRA adapters but {LORA_FILE} is missing")
+    with safe_open(str(path), framework="pt") as fh:
+        for name in fh.keys():
+            shape = fh.get_slice(name).get_shape()
+            rank = shape[0] if ".lora_A." in name else shape[-1] if ".lora_B." in name else None
+            if rank != lora.rank:
+                raise ConfigError(f"{path}: {name} has shape {list(shape)}, not a rank-{lora.rank} LoRA adapter")
 
 
 def _lora_of(meta: dict[str, Any]) -> LoraSettings | None:

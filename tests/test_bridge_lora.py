@@ -115,6 +115,12 @@ def test_a_stage_one_bridge_seeds_a_lora_run_but_not_the_reverse(tmp_path):
     with_lora.save(tmp_path / "lora")
     with pytest.raises(ConfigError, match="LoRA settings"):
         tiny_model("mlp").load_weights(tmp_path / "lora", lora_may_be_absent=True)
+    assert BridgedLM.load(tmp_path / "lora", tiny_lm(), tiny_tokenizer()).lora == LoraSettings(4)
+    # bridge.json claiming another rank than the stored adapters is refused before any adapter is built
+    meta = json.loads((tmp_path / "lora" / "bridge.json").read_text())
+    (tmp_path / "lora" / "bridge.json").write_text(json.dumps({**meta, "lora": {**meta["lora"], "rank": 10**6}}))
+    with pytest.raises(ConfigError, match="not a rank-1000000 LoRA adapter"):
+        BridgedLM.load(tmp_path / "lora", tiny_lm(), tiny_tokenizer())
     # re-saving without LoRA into the same directory leaves no stale adapter file behind
     plain.save(tmp_path / "lora")
     assert not (tmp_path / "lora" / "lora.safetensors").exists()
