@@ -177,7 +177,7 @@ def test_saved_lora_bridge_loads_back_to_the_same_answers(smollm2, pristine_smol
     assert loaded.lora == model.lora
     feats = _feats()
     assert loaded.generate(feats, [PROMPT] * 4, 4) == model.generate(feats, [PROMPT] * 4, 4)
-    same = float(loaded.loss(feats, [PROMPT] * 4, ANSWERS))
+    same = float(loaded.loss(feats, [PROMPT] * 4, ANSWERS).detach())
     assert same == pytest.approx(float(model.loss(feats, [PROMPT] * 4, ANSWERS)), abs=1e-5)
     # the adapters matter: the same bridge on the LM without them scores differently
     without = copy.deepcopy(pristine_smollm2[0])
@@ -250,7 +250,7 @@ def test_qwen_05b_is_a_bridge_lm_with_lora(tmp_path):
     model = BridgedLM(lm, tokenizer, bridge, lm_name=name, lora=LoraSettings(rank=8))
     # 24 layers × (q 896→896 + v 896→128) × r 8
     assert sum(p.numel() for p in model.lora_parameters()) == _expected_lora_params(lm, 8) == 24 * 8 * (1792 + 1024)
-    start = lora_state(lm)
+    start = {name: t.clone() for name, t in lora_state(lm).items()}  # lora_state shares the CPU params' memory
     result = train_bridge(model, _pairs(), epochs=1, batch_size=4, lr=1e-3, seed=0)
     assert result.history[0]["steps"] == 1
     assert any(not torch.equal(p.detach().cpu(), start[n]) for n, p in lora_parameters(lm))
