@@ -127,7 +127,10 @@ def lora_parameters(lm: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def lora_state(lm: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors (detached, contiguous, on the CPU), ready for ``safetensors.save_file``."""
+    """The adapter tensors (detached, contiguous, on the CPU), ready for ``safetensors.save_file``.
+
+    On a CPU model they share memory with the live parameters: ``clone()`` them to keep a snapshot.
+    """
     return {name: p.detach().contiguous().cpu() for name, p in lora_parameters(lm)}
 
 
