@@ -238,6 +238,7 @@ def test_qwen_lm_spec_names_its_split_file_and_says_what_to_install_when_missing
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the transformers GGUF load alone is 35-60 s, and over 10 min on a busy machine
 @pytest.mark.skipif(not QWEN25_CODER_05B.installed(), reason="Qwen2.5-Coder-0.5B parts not installed")
 def test_qwen_05b_is_a_bridge_lm_with_lora(tmp_path):
     from workflows.bridging import load_local_lm
