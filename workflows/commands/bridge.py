@@ -59,7 +59,19 @@ def train_cmd(
     out: Annotated[Path, typer.Option(help="directory for the trained bridge")],
     kind: Annotated[str, typer.Option(help="linear, mlp or query")] = "mlp",
     expert: Annotated[str, typer.Option(help="feature expert (weights from settings)")] = "timm",
-    lm: Annotated[str, typer.Option(help="local LM: local (SmolLM2-135M), local:PATH or local:HUB_ID")] = "local",
+    lm: Annotated[
+        str,
+        typer.Option(
+            help="local LM: local (SmolLM2-135M), local:qwen2.5-coder-0.5b (split GGUF from PyPI), "
+            "local:PATH or local:HUB_ID"
+        ),
+    ] = "local",
+    lora_rank: Annotated[
+        int, typer.Option(help="LoRA adapters of this rank on the LM's q/v projections, trained too (0: LM frozen)")
+    ] = 0,
+    lora_alpha: Annotated[
+        float | None, typer.Option(help="LoRA scale alpha (update × alpha/rank); default 2 × rank")
+    ] = None,
     tokens: Annotated[int, typer.Option(help="soft tokens (linear/mlp) or queries (query)")] = 4,
     features: Annotated[
         str, typer.Option(help="pooled (one vector per image) or patches (patch tokens); default: patches for query")
@@ -90,17 +102,25 @@ def train_cmd(
 ) -> None:
     """Stage-1 alignment: train only the bridge, features read through the feature store.
 
-    Writes OUT/ (the bridge, job.json, history.json and train.json: setup, trainable parameters,
-    time, steps/s, peak RSS and the share of a step spent in the frozen LM).
+    With --lora-rank R the LM also gets LoRA adapters (q/v projections), trained with the bridge
+    (LLaVA's stage 2 in miniature; start from a stage-1 bridge with --init). Writes OUT/ (the bridge,
+    its LoRA weights, job.json, history.json and train.json: setup, trainable parameters, time,
+    steps/s, peak RSS and the share of a step spent in the LM).
     """
     import time
 
+    from bridges.lora import LoraSettings
     from bridges.training import peak_rss_mb, profile_step
     from cache.store import DirectoryStore
     from experts import create_expert
     from workflows.bridging import BridgeJob
 
     settings = settings_of(ctx)
+    if lora_rank < 0:
+        raise ConfigError(f"--lora-rank must be >= 0 (0: no LoRA), got {lora_rank}")
+    if lora_alpha is not None and not lora_rank:
+        raise ConfigError("--lora-alpha needs --lora-rank")
+    lora = LoraSettings(lora_rank, lora_alpha) if lora_rank else None
     task, train_pairs = _read_source(pairs, seed=seed)
     val_pairs = _read_source(val, seed=seed + 1)[1] if val else ()
     features = features or ("patches" if kind == "query" else "pooled")
@@ -125,6 +145,8 @@ def train_cmd(
         task=task,
         tokens=features,
         seed=seed,
+        lora=lora,
+        weights_dir=settings.weights_dir,
         **size,
     )
     if init is not None:
@@ -155,7 +177,10 @@ def train_cmd(
         "kind": kind,
         "features": features,
         "bridge": job.model.bridge.config,
-        "trainable_parameters": sum(p.numel() for p in job.model.parameters()),
+        "lm": job.model.lm_name,
+        "lora": lora.to_dict() if lora else None,
+        "trainable_parameters": sum(p.numel() for p in job.model.parameters()),  # bridge + LoRA adapters
+        "lora_parameters": sum(p.numel() for p in job.model.lora_parameters()),
         "epochs": len(result.history),
         "steps": steps,
         "train_seconds": round(train_seconds, 1),
@@ -179,13 +204,12 @@ def train_cmd(
 
 
 def _warm_start(model, directory: Path) -> None:
-    """Copy a saved bridge's weights into ``model.bridge``; its config must be the same."""
-    from bridges.bridged_lm import BridgedLM
-
-    saved = BridgedLM.load(directory, model.lm, model.tokenizer)
-    if saved.bridge.config != model.bridge.config:
-        raise ConfigError(f"--init {directory}: bridge {saved.bridge.config} differs from {model.bridge.config}")
-    model.bridge.load_state_dict(saved.bridge.state_dict())
+    """Copy a saved bridge's weights (and LoRA adapters) into ``model``; its settings must be the same, except that
+    a bridge trained without LoRA may start a run with it (stage 1 → stage 2)."""
+    try:
+        model.load_weights(directory, lora_may_be_absent=True)
+    except ConfigError as err:
+        raise ConfigError(f"--init {err}") from err
 
 
 @app.command("eval")
