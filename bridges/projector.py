@@ -10,6 +10,13 @@ Two input kinds are accepted, as the encoders in ``experts`` produce them:
 
 The output is always ``(B, k, lm_dim)``.
 
+``question_aware=True`` (pooled inputs only) also feeds the projector the question: the mean of
+the LM's own embeddings of the prompt's text tokens is concatenated to the image vector, so the
+soft tokens can depend on what is asked (InstructBLIP gives its Q-Former the instruction for the
+same reason). Measured on easy-VQA: a plain projector into a frozen SmolLM2 learns the open
+questions (shape, colour) but answers "is there a red shape?" from the question's wording alone;
+whether the image's colour matches the asked one is a comparison the frozen LM did not learn to make.
+
 >>> import torch
 >>> MLPProjector(16, 32, num_tokens=4)(torch.randn(2, 16)).shape
 torch.Size([2, 4, 32])
@@ -40,15 +47,30 @@ class _Projector(nn.Module):
 
     kind: str = ""
 
-    def __init__(self, in_dim: int, lm_dim: int, num_tokens: int = 1):
+    def __init__(self, in_dim: int, lm_dim: int, num_tokens: int = 1, question_aware: bool = False):
         super().__init__()
         self.in_dim = _check_positive("in_dim", in_dim)
         self.lm_dim = _check_positive("lm_dim", lm_dim)
         self.num_tokens = _check_positive("num_tokens", num_tokens)
+        self.question_aware = bool(question_aware)
         self.net: nn.Module
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, D)`` or ``(B, P, D)`` → ``(B, k, lm_dim)``."""
+    @property
+    def net_in_dim(self) -> int:
+        """Width of the net's input: the image vector, plus the pooled question when question-aware."""
+        return self.in_dim + (self.lm_dim if self.question_aware else 0)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        question: torch.Tensor | None = None,
+        question_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(B, D)`` or ``(B, P, D)`` → ``(B, k, lm_dim)``.
+
+        A question-aware projector also takes ``question`` ``(B, T, lm_dim)`` (the LM's embeddings of
+        the prompt text) and ``question_mask`` ``(B, T)``, True on real tokens.
+        """
         if features.dim() not in (2, 3) or features.shape[-1] != self.in_dim:
             raise ConfigError(
                 f"{type(self).__name__}: expected features of shape (B, {self.in_dim}) or (B, P, {self.in_dim}), "
@@ -57,10 +79,29 @@ class _Projector(nn.Module):
         if features.dim() == 3 and self.num_tokens != 1:
             # Several tokens per patch would blow the sequence up P×num_tokens; nobody wants that.
             raise ConfigError(f"{type(self).__name__}: num_tokens={self.num_tokens} applies to (B, D) inputs only")
-        out = self.net(features.to(self._dtype()))
+        features = features.to(self._dtype())
+        if self.question_aware:
+            features = torch.cat([features, self._pooled_question(features, question, question_mask)], dim=-1)
+        out = self.net(features)
         if features.dim() == 2:
             return out.reshape(out.shape[0], self.num_tokens, self.lm_dim)
         return out
+
+    def _pooled_question(
+        self, features: torch.Tensor, question: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if features.dim() != 2:
+            raise ConfigError(f"{type(self).__name__}: a question-aware projector reads pooled (B, D) features")
+        if question is None or question.dim() != 3 or question.shape[0] != features.shape[0]:
+            got = None if question is None else tuple(question.shape)
+            raise ConfigError(
+                f"{type(self).__name__} is question-aware: pass question=(B, T, {self.lm_dim}), got {got}"
+            )
+        question = question.to(features.dtype)
+        if mask is None:
+            return question.mean(dim=1)
+        weights = mask.to(features.dtype).unsqueeze(-1)
+        return (question * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -68,7 +109,8 @@ class _Projector(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """JSON-safe constructor arguments (plus ``kind``), enough to rebuild the module."""
-        return {"kind": self.kind, "in_dim": self.in_dim, "lm_dim": self.lm_dim, "num_tokens": self.num_tokens}
+        config = {"kind": self.kind, "in_dim": self.in_dim, "lm_dim": self.lm_dim, "num_tokens": self.num_tokens}
+        return {**config, "question_aware": True} if self.question_aware else config
 
 
 class LinearProjector(_Projector):
@@ -80,9 +122,9 @@ class LinearProjector(_Projector):
 
     kind = "linear"
 
-    def __init__(self, in_dim: int, lm_dim: int, num_tokens: int = 1):
-        super().__init__(in_dim, lm_dim, num_tokens)
-        self.net = nn.Linear(self.in_dim, self.num_tokens * self.lm_dim)
+    def __init__(self, in_dim: int, lm_dim: int, num_tokens: int = 1, question_aware: bool = False):
+        super().__init__(in_dim, lm_dim, num_tokens, question_aware)
+        self.net = nn.Linear(self.net_in_dim, self.num_tokens * self.lm_dim)
 
 
 class MLPProjector(_Projector):
@@ -94,11 +136,18 @@ class MLPProjector(_Projector):
 
     kind = "mlp"
 
-    def __init__(self, in_dim: int, lm_dim: int, num_tokens: int = 1, hidden_dim: int | None = None):
-        super().__init__(in_dim, lm_dim, num_tokens)
+    def __init__(
+        self,
+        in_dim: int,
+        lm_dim: int,
+        num_tokens: int = 1,
+        hidden_dim: int | None = None,
+        question_aware: bool = False,
+    ):
+        super().__init__(in_dim, lm_dim, num_tokens, question_aware)
         self.hidden_dim = _check_positive("hidden_dim", hidden_dim if hidden_dim is not None else self.lm_dim)
         self.net = nn.Sequential(
-            nn.Linear(self.in_dim, self.hidden_dim),
+            nn.Linear(self.net_in_dim, self.hidden_dim),
             nn.GELU(),
             nn.Linear(self.hidden_dim, self.num_tokens * self.lm_dim),
         )

@@ -342,3 +342,48 @@ def test_soft_tokens_take_the_embedding_dtype():
     loss = model.loss(features(2), [PROMPT] * 2, ["an ant", "a bee"])
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+
+
+# ---------------------------------------------------------------------- question-aware projectors
+def _soft_rows(model: BridgedLM, feats, prompts, targets=None) -> list[torch.Tensor]:
+    inputs = model.build_inputs(feats, prompts, targets)
+    k = model.bridge.num_tokens
+    return [inputs.inputs_embeds[i, p : p + k] for i, p in enumerate(inputs.image_positions)]
+
+
+def test_a_question_aware_projector_reads_the_question_and_never_the_answer():
+    model, plain = tiny_model("mlp", question_aware=True), tiny_model("mlp")
+    same_image = features(1).repeat(2, 1)
+    prompts = ["<image> what is this ?", "<image> describe the caption ."]
+    with torch.no_grad():
+        asked = _soft_rows(model, same_image, prompts)
+        assert not torch.allclose(asked[0], asked[1])  # same image, different question → different soft tokens
+        unasked = _soft_rows(plain, same_image, prompts)
+        assert torch.equal(unasked[0], unasked[1])
+        # The target (the answer) is appended after the question for training: it must not reach the bridge.
+        trained = _soft_rows(model, same_image, prompts, ["an ant", "a bee"])
+    assert all(torch.allclose(a, t) for a, t in zip(asked, trained))
+
+
+def test_a_question_aware_projector_pools_only_real_question_tokens():
+    bridge = MLPProjector(FEAT_DIM, LM_DIM, num_tokens=2, question_aware=True)
+    image, question = features(1), torch.randn(1, 3, LM_DIM)
+    padded = torch.cat([question, torch.randn(1, 2, LM_DIM)], dim=1)
+    mask = torch.tensor([[True, True, True, False, False]])
+    with torch.no_grad():
+        assert torch.allclose(bridge(image, question=question), bridge(image, question=padded, question_mask=mask))
+    with pytest.raises(ConfigError, match="question-aware"):
+        bridge(image)
+    one_token = MLPProjector(FEAT_DIM, LM_DIM, num_tokens=1, question_aware=True)
+    with pytest.raises(ConfigError, match="pooled"):
+        one_token(torch.randn(1, 4, FEAT_DIM), question=question)
+
+
+def test_a_question_aware_bridge_saves_and_loads(tmp_path):
+    model = tiny_model("mlp", question_aware=True)
+    feats, prompts, targets = features(2), [PROMPT, "what is this <image> ?"], ["an ant", "a bee"]
+    loaded = BridgedLM.load(model.save(tmp_path / "bridge"), model.lm, model.tokenizer)
+    assert loaded.question_aware and loaded.bridge.config["question_aware"] is True
+    with torch.no_grad():
+        assert torch.equal(loaded.loss(feats, prompts, targets), model.loss(feats, prompts, targets))
+    assert "question_aware" not in tiny_model("mlp").bridge.config  # bridges saved before it load unchanged

@@ -80,6 +80,10 @@ def train_cmd(
         int | None, typer.Option(help="resize whole images to N×N for the expert (timm/dinov2), e.g. 128 for easy-VQA")
     ] = None,
     pos_2d: Annotated[bool, typer.Option("--pos-2d", help="query bridge: add 2-D sin-cos patch positions")] = False,
+    question_aware: Annotated[
+        bool,
+        typer.Option("--question-aware", help="linear/mlp on pooled features: the projector also reads the question"),
+    ] = False,
     store_patches: Annotated[
         bool,
         typer.Option("--store-patches", help="pooled features read from the patch-token entries query bridges store"),
@@ -129,6 +133,10 @@ def train_cmd(
         size.update(num_layers=layers, pos_2d=pos_2d)
     elif pos_2d:
         raise ConfigError("--pos-2d applies to --kind query only")
+    if question_aware:
+        if kind == "query" or features != "pooled":
+            raise ConfigError("--question-aware applies to --kind linear/mlp on pooled features only")
+        size["question_aware"] = True
     if hidden_dim is not None:
         size["hidden_dim"] = hidden_dim
     options = dict(settings.expert_kwargs(expert))
