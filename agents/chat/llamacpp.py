@@ -128,17 +128,8 @@ class LlamaCppChatModel(TextChatModel):
     def _llm_type(self) -> str:
         return "llamacpp"
 
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "n_ctx": self.n_ctx,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "seed": self.seed,
-            "stop": self.stop,
-            "tool_format": self.tool_format,
-        }
+    def _backend_params(self) -> dict[str, Any]:
+        return {"n_ctx": self.n_ctx, "max_tokens": self.max_tokens, "seed": self.seed}
 
     # ------------------------------------------------------------------ loading
 

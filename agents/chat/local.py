@@ -130,19 +130,13 @@ class LocalChatModel(TextChatModel):
     def _llm_type(self) -> str:
         return "local-transformers"
 
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
+    def _backend_params(self) -> dict[str, Any]:
         return {
-            "model": self.model,
             "gguf_file": self.gguf_file,
             "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
             "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty,
             "seed": self.seed,
-            "stop": self.stop,
-            "tool_format": self.tool_format,
-            "chat_template": self.chat_template,
         }
 
     # ------------------------------------------------------------------ loading

@@ -101,6 +101,10 @@ class TextChatModel(BaseChatModel):
         """The start of the reply written for the model when a call is forced ("" for none)."""
         raise NotImplementedError
 
+    def _backend_params(self) -> dict[str, Any]:
+        """The backend's own settings that identify it (LangChain's ``_identifying_params``, with the shared ones)."""
+        return {}
+
     def _complete(self, call: ChatCall) -> ChatResult:
         """One reply: render, generate, then :meth:`_chat_result`."""
         raise NotImplementedError
@@ -117,6 +121,17 @@ class TextChatModel(BaseChatModel):
         return self._complete(ChatCall(messages, stop, tools, tool_choice, kwargs))
 
     # ------------------------------------------------------------------ shared
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "temperature": self.temperature,
+            "stop": self.stop,
+            "tool_format": self.tool_format,
+            "chat_template": self.chat_template,
+            **self._backend_params(),
+        }
 
     @property
     def load_seconds(self) -> float | None:
