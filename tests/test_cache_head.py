@@ -6,9 +6,6 @@ noise only). Each test says what it catches; each was checked by breaking the co
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -20,7 +17,6 @@ from cache.head import AUTO_CANDIDATES, METHODS, FewShotHead
 from errors import ConfigError, ExpertBridgeError
 
 CLASSES, DIM = 4, 12
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _split(n_per_class: int, seed: int, views: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -150,25 +146,3 @@ def test_one_error_family_under_two_import_paths():
 
     assert ImageError is errors.ImageError
     assert set(METHODS) >= set(AUTO_CANDIDATES)
-
-
-def _our_imports(package: str) -> set[str]:
-    ours = {"agents", "bridges", "cache", "errors", "experts", "workflows"}
-    found = set()
-    for path in (ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            found |= {n.split(".")[0] for n in names} & ours
-    return found
-
-
-def test_import_rules_of_the_lowest_packages():
-    """Catches cache/ importing experts/ (or anything of ours but errors), and errors importing anything."""
-    assert _our_imports("cache") <= {"cache", "errors"}
-    assert _our_imports("errors") == set()
-    assert _our_imports("experts") <= {"experts", "errors"}

@@ -10,33 +10,20 @@ first fail.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
+from conftest import DTD10_TEST_PER_CLASS, DTD10_VIEWS, FewShotFeatures, dtd10_features
 
 from cache.search import choose_within_noise
-from cache.store import DirectoryStore
 from experts import create_expert
-from workflows.datasets import LabelledImages, load_splits, sample_k_shot
 from workflows.fewshot import FewShotClassifier, expert_subsets
 
-SHOTS, VIEWS, VAL_PER_CLASS, TEST_PER_CLASS = 4, 2, 8, 12
+VIEWS = DTD10_VIEWS
 #: one test image of 120 is 0.83 points: "noise" is at most one image
-NOISE = 1 / (10 * TEST_PER_CLASS) + 1e-9
+NOISE = 1 / (10 * DTD10_TEST_PER_CLASS) + 1e-9
 
 
-@dataclass
-class Split:
-    views: dict[str, torch.Tensor]
-    labels: torch.Tensor
-    val: dict[str, torch.Tensor]
-    val_labels: torch.Tensor
-    test: dict[str, torch.Tensor]
-    test_labels: torch.Tensor
-    classnames: tuple[str, ...]
-    experts: dict
-
+class Split(FewShotFeatures):
     def fit(self, names, method="auto", **kwargs) -> FewShotClassifier:
         clf = FewShotClassifier([self.experts[n] for n in names], method=method, augment_views=VIEWS, **kwargs)
         take = lambda feats: {n: feats[n] for n in clf.experts}  # noqa: E731
@@ -48,31 +35,10 @@ class Split:
         return clf.evaluate_features({n: self.test[n] for n in clf.experts}, self.test_labels)["accuracy"]
 
 
-def _first_per_class(data: LabelledImages, k: int) -> LabelledImages:
-    return data.subset(i for members in data.per_class().values() for i in members[:k])
-
-
 @pytest.fixture(scope="module")
 def dtd(dtd10, efficientnet, tmp_path_factory) -> Split:
-    splits = load_splits(dtd10)
-    support = sample_k_shot(splits["train"], SHOTS, seed=0)
-    val, test = _first_per_class(splits["val"], VAL_PER_CLASS), _first_per_class(splits["test"], TEST_PER_CLASS)
     colour = create_expert("color_histogram", device="cpu")
-    store = DirectoryStore(tmp_path_factory.mktemp("dtd-fusion"))
-    clf = FewShotClassifier([efficientnet, colour], augment_views=VIEWS, store=store)
-    views = clf.support_views(support.paths)
-    val_f, test_f = clf.extract(val.paths), clf.extract(test.paths)
-    assert views.ok.all() and val_f.ok.all() and test_f.ok.all()
-    return Split(
-        views.by_branch,
-        torch.tensor(support.labels),
-        val_f.by_branch,
-        torch.tensor(val.labels),
-        test_f.by_branch,
-        torch.tensor(test.labels),
-        support.classnames,
-        dict(clf.experts),
-    )
+    return dtd10_features(dtd10, [efficientnet, colour], tmp_path_factory.mktemp("dtd-fusion"), as_type=Split)
 
 
 def test_the_colour_histogram_is_a_weak_expert_that_drags_plain_fusion_down(dtd):

@@ -9,11 +9,10 @@ instead of the best, a GDA α grid other than the reference code's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
+from conftest import DTD10_SHOTS, DTD10_VIEWS, FewShotFeatures, dtd10_features
 
 from cache.adapter import AdaptiveCache
 from cache.linear import LINEAR_CS
@@ -26,9 +25,7 @@ from cache.search import (
     paired_standard_error,
     search_alpha_beta,
 )
-from cache.store import DirectoryStore
 from cache.training import train_keys
-from workflows.datasets import LabelledImages, load_splits, sample_k_shot
 from workflows.fewshot import (
     AUTO_CANDIDATES,
     AUTO_MIN_VALIDATION,
@@ -38,20 +35,11 @@ from workflows.fewshot import (
     nearest_centroid_accuracy,
 )
 
-SHOTS, VIEWS, VAL_PER_CLASS, TEST_PER_CLASS = 4, 2, 8, 12
+SHOTS, VIEWS = DTD10_SHOTS, DTD10_VIEWS
 CHANCE = 0.1  # 10 classes
 
 
-@dataclass
-class Features:
-    views: dict[str, torch.Tensor]  # (V, N, D)
-    labels: torch.Tensor
-    val: dict[str, torch.Tensor]
-    val_labels: torch.Tensor
-    test: dict[str, torch.Tensor]
-    test_labels: torch.Tensor
-    classnames: tuple[str, ...]
-
+class Features(FewShotFeatures):
     def classifier(self, method: str, encoder, **kwargs) -> FewShotClassifier:
         clf = FewShotClassifier([encoder], method=method, augment_views=VIEWS, **kwargs)
         return clf.fit_features(self.views, self.labels, self.val, self.val_labels, classnames=self.classnames)
@@ -64,28 +52,9 @@ class Features:
         return nearest_centroid_accuracy(plain, self.labels, self.test, self.test_labels)
 
 
-def _first_per_class(data: LabelledImages, k: int) -> LabelledImages:
-    return data.subset(i for members in data.per_class().values() for i in members[:k])
-
-
 @pytest.fixture(scope="session")
 def dtd(dtd10, efficientnet, tmp_path_factory) -> Features:
-    splits = load_splits(dtd10)
-    support = sample_k_shot(splits["train"], SHOTS, seed=0)
-    val, test = _first_per_class(splits["val"], VAL_PER_CLASS), _first_per_class(splits["test"], TEST_PER_CLASS)
-    clf = FewShotClassifier([efficientnet], augment_views=VIEWS, store=DirectoryStore(tmp_path_factory.mktemp("dtd")))
-    views = clf.support_views(support.paths)
-    val_f, test_f = clf.extract(val.paths), clf.extract(test.paths)
-    assert views.ok.all() and val_f.ok.all() and test_f.ok.all()
-    return Features(
-        views.by_branch,
-        torch.tensor(support.labels),
-        val_f.by_branch,
-        torch.tensor(val.labels),
-        test_f.by_branch,
-        torch.tensor(test.labels),
-        support.classnames,
-    )
+    return dtd10_features(dtd10, [efficientnet], tmp_path_factory.mktemp("dtd"), as_type=Features)
 
 
 def test_features_are_informative_enough_for_the_checks_below(dtd):

@@ -174,24 +174,13 @@ class FewShotClassifier:
 
     # ------------------------------------------------------------------ features
 
-    def extract(
-        self,
-        sources: Sequence[ImageSource],
-        *,
-        variant: Mapping | None = None,
-        transform=None,
-        on_done: Callable[[int], None] | None = None,
-        hashes: FileHashes | None = None,
-    ) -> Features:
+    def extract(self, sources: Sequence[ImageSource], **options: Any) -> Features:
         """Features of every branch through the store; an item failing in any branch is dropped with its error.
 
-        ``on_done(n)`` is told as items finish, once per branch (for a progress count of ``len(sources) × branches``).
-        ``hashes``: file hashes shared with other calls of the same run (else shared by this call's branches),
-        so each file is read once however many branches and views ask for it.
+        ``options`` are :func:`~workflows.fewshot_features.extract_features`'s (``variant``, ``transform``,
+        ``on_done``, ``hashes``), documented there once.
         """
-        return extract_features(
-            self.experts, self.store, sources, variant=variant, transform=transform, on_done=on_done, hashes=hashes
-        )
+        return extract_features(self.experts, self.store, sources, **options)
 
     def support_views(self, sources: Sequence[str], *, on_done: Callable[[int], None] | None = None) -> Features:
         """``(V, N, D)`` per branch, ``V = augment_views``: view 0 is the image itself, the others

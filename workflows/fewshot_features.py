@@ -76,7 +76,13 @@ def extract_features(
     hashes: FileHashes | None = None,
 ) -> Features:
     """Features of every branch (name → expert) through ``store``; an item failing in any branch is dropped
-    with its error (see :meth:`workflows.fewshot.FewShotClassifier.extract`)."""
+    with its error (:meth:`workflows.fewshot.FewShotClassifier.extract` calls this with its own experts).
+
+    ``variant``/``transform``: an augmented view (:func:`view_inputs`). ``on_done(n)`` is told as items
+    finish, once per branch (for a progress count of ``len(sources) × branches``). ``hashes``: file hashes
+    shared with other calls of the same run (else shared by this call's branches), so each file is read
+    once however many branches and views ask for it.
+    """
     ok = np.ones(len(sources), dtype=bool)
     errors: dict[int, str] = {}
     reasons: dict[int, str] = {}

@@ -13,9 +13,9 @@ from typing import Any
 
 from celery.exceptions import Reject
 
-from workflows.batch.jobs import batch_store
 from workflows.batch.records import RedisJobRecords, redis_client, redis_errors
 from workflows.batch.runner import execute_chunk
+from workflows.batch.store import batch_store
 from workflows.celery_app import DEFAULT_BROKER, app
 from workflows.settings import Settings
 

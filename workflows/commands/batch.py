@@ -21,12 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from experts import ConfigError  # experts.errors only: cheap
+from workflows.commands.options import OptionalImagesArg
 from workflows.commands.root import command_group, console, settings_of
 from workflows.rendering import markup
 from workflows.settings import Settings
 
 if TYPE_CHECKING:
-    from workflows.batch.jobs import Jobs, JobStatus
+    from workflows.batch.jobs import Jobs
+    from workflows.batch.status import JobStatus
 
 app = command_group(help="Batch jobs: many images in chunks, on Celery workers or in-process.")
 
@@ -84,7 +86,7 @@ def _print_status(st: JobStatus) -> None:
 @app.command("submit")
 def submit_cmd(
     ctx: typer.Context,
-    inputs: Annotated[list[str] | None, typer.Argument(help="image files or directories")] = None,
+    inputs: OptionalImagesArg = None,
     manifest: Annotated[Path | None, typer.Option(help="file listing inputs: .txt lines, .jsonl/.csv 'path'")] = None,
     experts: Annotated[str | None, typer.Option(help="comma-separated experts (extract: one lane each; timm)")] = None,
     task: Annotated[str, typer.Option(help="extract, classify or reason")] = "extract",
@@ -95,8 +97,8 @@ def submit_cmd(
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="queued mode: follow until done")] = False,
 ) -> None:
     """Submit images as a batch job; prints the job id (in-process: exit 1 if any item failed)."""
-    from workflows.batch.jobs import Jobs, new_job_id
-    from workflows.batch.records import check_job_id
+    from workflows.batch.job_ids import check_job_id, new_job_id
+    from workflows.batch.jobs import Jobs
 
     settings = settings_of(ctx)
     jobs = Jobs(settings)
@@ -107,6 +109,7 @@ def submit_cmd(
         params["question"] = question
     names = [n.strip() for n in (experts or "").split(",") if n.strip()]
     job_id = new_job_id() if job_id is None else check_job_id(job_id)  # before anything is printed or written
+    request = {"manifest": manifest, "experts": names, "task": task, "params": params, "chunk_size": chunk_size}
     if jobs.embedded:
         console.print(
             f"job {job_id}, in-process (no EXPERTBRIDGE_BROKER_URL); if interrupted, resubmit with "
@@ -114,20 +117,13 @@ def submit_cmd(
         )
         with _bar() as bar:
             handle = bar.add_task("in-process", total=None, failed=0)
-            job = jobs.submit(
-                inputs,
-                manifest=manifest,
-                experts=names,
-                task=task,
-                params=params,
-                chunk_size=chunk_size,
-                job_id=job_id,
-                progress=lambda d, f, t: bar.update(handle, completed=d, total=t, failed=f),
-            )
+
+            def progress(done: int, failed: int, total: int) -> None:
+                bar.update(handle, completed=done, total=total, failed=failed)
+
+            job = jobs.submit(inputs, **request, job_id=job_id, progress=progress)
     else:
-        job = jobs.submit(
-            inputs, manifest=manifest, experts=names, task=task, params=params, chunk_size=chunk_size, job_id=job_id
-        )
+        job = jobs.submit(inputs, **request, job_id=job_id)
         console.print(f"queued job {job}; follow it with: expertbridge batch status {job} --watch")
         if wait:
             _watch(jobs, job)
@@ -279,7 +275,7 @@ def worker_cmd(
     Needs EXPERTBRIDGE_BROKER_URL (without it, `batch submit` runs jobs in-process and a worker would
     serve nothing) and, unless --no-check, the weights of its experts on this machine.
     """
-    from workflows.batch.jobs import queue_for
+    from workflows.batch.queues import queue_for
 
     settings = settings_of(ctx)
     if not settings.broker_url:

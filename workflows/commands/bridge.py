@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from experts import ConfigError  # experts.errors only: cheap
+from workflows.commands.options import ImagesArg, JsonLinesOut, write_json_lines
 from workflows.commands.root import command_group, console, finish, settings_of
 from workflows.rendering import markup
 
@@ -271,9 +272,9 @@ def eval_cmd(
 def caption_cmd(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="directory written by `bridge train`")],
-    images: Annotated[list[str], typer.Argument(help="image files or directories")],
+    images: ImagesArg,
     max_new_tokens: int = 32,
-    out: Annotated[Path | None, typer.Option(help="write one JSON line per image here")] = None,
+    out: JsonLinesOut = None,
 ) -> None:
     """Caption images with a trained bridge (greedy decoding from the image features)."""
     from cache.store import DirectoryStore
@@ -284,7 +285,7 @@ def caption_cmd(
     job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
     rows = job.caption(expand_inputs(images), max_new_tokens=max_new_tokens)
     if out:
-        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_json_lines(out, rows)
     table = Table("image", "caption")
     for r in rows:
         caption = markup(r["caption"]) if r.get("caption") else f"[red]{markup(r.get('error'))}[/red]"

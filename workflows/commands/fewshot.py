@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from workflows.commands.options import ImagesArg, JsonLinesOut, write_json_lines
 from workflows.commands.root import command_group, console, finish, settings_of
 from workflows.rendering import markup
 
@@ -182,8 +183,8 @@ def fit_cmd(
 def predict_cmd(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="directory written by `fewshot fit`")],
-    images: Annotated[list[str], typer.Argument(help="image files or directories")],
-    out: Annotated[Path | None, typer.Option(help="write one JSON line per image here")] = None,
+    images: ImagesArg,
+    out: JsonLinesOut = None,
 ) -> None:
     """Label images with a saved classifier; unreadable images are reported, the rest still labelled (exit 1)."""
     from rich.console import Console
@@ -198,8 +199,7 @@ def predict_cmd(
     clf = FewShotClassifier.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
     preds = clf.predict(sources)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in preds))
+        write_json_lines(out, (p.to_dict() for p in preds))
     table = Table("image", "label", "p", "parts (logit of the label)")
     for p in preds:
         if p.label is None:
