@@ -152,17 +152,27 @@ class BridgedLM:
         before, after = prompt.split(self.image_token) if count else ("", prompt)
         return self._prefix + self._ids(before), self._ids(after)
 
-    def soft_tokens(self, features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def soft_tokens(
+        self,
+        features: torch.Tensor | Sequence[torch.Tensor],
+        question: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Bridge output ``(B, k, lm_dim)`` in the LM's embedding dtype, on its device.
 
         ``features`` is a ``(B, D)`` / ``(B, P, D)`` tensor, or one tensor per image; images
         with different patch counts are zero-padded to the longest and the bridge gets the
         ``key_padding_mask`` (``True`` on padding) — only a bridge that takes one (the query
-        bridge) can read such a batch.
+        bridge) can read such a batch. ``question``: ``(embeddings (B, T, lm_dim), mask (B, T))`` of
+        the prompt text, for a question-aware bridge (:meth:`build_inputs` supplies it).
         """
         features, mask = pad_features(features)
         # Detached: gradients stop at the bridge, a vision expert upstream stays untouched.
         features = features.detach().to(self.device)
+        if self.question_aware:
+            if question is None:
+                raise ConfigError("this bridge is question-aware: it needs the prompt text (use build_inputs)")
+            embeds, question_mask = question
+            return self.bridge(features, question=embeds, question_mask=question_mask).to(self.embed_dtype)
         if mask is None:
             return self.bridge(features).to(self.embed_dtype)
         if not self._bridge_takes_mask:
@@ -171,6 +181,23 @@ class BridgedLM:
                 "(no key-padding mask); use a query bridge or equal patch counts"
             )
         return self.bridge(features, key_padding_mask=mask.to(self.device)).to(self.embed_dtype)
+
+    @property
+    def question_aware(self) -> bool:
+        """Does the bridge read the question too (``MLPProjector(question_aware=True)``)?"""
+        return bool(getattr(self.bridge, "question_aware", False))
+
+    def _question_embeddings(self, token_ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LM's (frozen) embeddings of each prompt's text, right-padded, with a True-on-token mask."""
+        embed = self.lm.get_input_embeddings()
+        length = max(1, max(len(ids) for ids in token_ids))
+        padded = torch.full((len(token_ids), length), self.pad_token_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(token_ids), length), dtype=torch.bool, device=self.device)
+        for i, ids in enumerate(token_ids):
+            padded[i, : len(ids)] = torch.tensor(ids, dtype=torch.long, device=self.device)
+            mask[i, : len(ids)] = True
+        with torch.no_grad():
+            return embed(padded).detach(), mask
 
     @property
     def _bridge_takes_mask(self) -> bool:
@@ -188,7 +215,12 @@ class BridgedLM:
             targets = [targets] if isinstance(targets, str) else list(targets)
             if len(targets) != len(prompts):
                 raise ConfigError(f"got {len(prompts)} prompts but {len(targets)} targets")
-        soft = self.soft_tokens(features)
+        parts = [self.split_prompt(prompt) for prompt in prompts]
+        # The question only, never the target: the answer must not reach the bridge.
+        n_prefix = len(self._prefix)
+        texts = [before[n_prefix:] + after for before, after in parts]
+        question = self._question_embeddings(texts) if self.question_aware else None
+        soft = self.soft_tokens(features, question)
         if soft.shape[0] != len(prompts):
             raise ConfigError(f"got features for {soft.shape[0]} images but {len(prompts)} prompts")
         embed = self.lm.get_input_embeddings()
@@ -197,8 +229,7 @@ class BridgedLM:
         rows: list[torch.Tensor] = []
         row_labels: list[list[int]] = []
         positions: list[int] = []
-        for i, prompt in enumerate(prompts):
-            before, after = self.split_prompt(prompt)
+        for i, (before, after) in enumerate(parts):
             target = self._ids(targets[i]) + [self.tokenizer.eos_token_id] if targets is not None else []
             ids_before = torch.tensor(before, dtype=torch.long, device=self.device)
             ids_after = torch.tensor(after + target, dtype=torch.long, device=self.device)
