@@ -187,8 +187,14 @@ class BridgedLM:
         """Does the bridge read the question too (``MLPProjector(question_aware=True)``)?"""
         return bool(getattr(self.bridge, "question_aware", False))
 
-    def _question_embeddings(self, token_ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The LM's (frozen) embeddings of each prompt's text, right-padded, with a True-on-token mask."""
+    def question_inputs(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What a question-aware bridge reads besides the image (None for other bridges): the LM's frozen
+        embeddings of each prompt's text (the question; a target is never part of a prompt), right-padded,
+        with a True-on-token mask."""
+        if not self.question_aware:
+            return None
+        n_prefix = len(self._prefix)
+        token_ids = [before[n_prefix:] + after for before, after in map(self.split_prompt, prompts)]
         embed = self.lm.get_input_embeddings()
         length = max(1, max(len(ids) for ids in token_ids))
         padded = torch.full((len(token_ids), length), self.pad_token_id, dtype=torch.long, device=self.device)
@@ -216,11 +222,7 @@ class BridgedLM:
             if len(targets) != len(prompts):
                 raise ConfigError(f"got {len(prompts)} prompts but {len(targets)} targets")
         parts = [self.split_prompt(prompt) for prompt in prompts]
-        # The question only, never the target: the answer must not reach the bridge.
-        n_prefix = len(self._prefix)
-        texts = [before[n_prefix:] + after for before, after in parts]
-        question = self._question_embeddings(texts) if self.question_aware else None
-        soft = self.soft_tokens(features, question)
+        soft = self.soft_tokens(features, self.question_inputs(prompts))
         if soft.shape[0] != len(prompts):
             raise ConfigError(f"got features for {soft.shape[0]} images but {len(prompts)} prompts")
         embed = self.lm.get_input_embeddings()

@@ -104,7 +104,7 @@ def profile_step(model: BridgedLM, pairs: Sequence[Pair], *, repeats: int = 3) -
             model.loss(feats, prompts, targets).backward()
             step.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            model.soft_tokens(feats).float().square().mean().backward()
+            model.soft_tokens(feats, model.question_inputs(prompts)).float().square().mean().backward()
             bridge.append(time.perf_counter() - t0)
     finally:
         for p in model.parameters():

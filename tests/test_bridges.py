@@ -387,3 +387,15 @@ def test_a_question_aware_bridge_saves_and_loads(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.loss(feats, prompts, targets), model.loss(feats, prompts, targets))
     assert "question_aware" not in tiny_model("mlp").bridge.config  # bridges saved before it load unchanged
+
+
+def test_profiling_a_training_step_of_a_question_aware_bridge_times_the_bridge_with_its_question():
+    from bridges.training import profile_step
+
+    model = tiny_model("mlp", question_aware=True)
+    pairs = [
+        (features(2)[i], p, t) for i, (p, t) in enumerate([(PROMPT, "an ant"), ("what is this <image> ?", "a bee")])
+    ]
+    profile = profile_step(model, pairs, repeats=1)
+    assert profile["step_s"] > 0 and profile["bridge_s"] > 0 and 0.0 <= profile["lm_share"] <= 1.0
+    assert all(p.grad is None for p in model.parameters())  # profiling trains nothing
