@@ -30,7 +30,6 @@ Sequence layout (``[BOS]`` only when the tokenizer adds one by default)::
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +40,23 @@ from torch import nn
 
 from experts.errors import ConfigError
 
-from .lora import LoraSettings, apply_lora, load_lora_state, lora_parameters, lora_settings_of, lora_state
-from .registry import create_bridge
+from . import saved
+from .lora import LoraSettings, apply_lora, lora_parameters, lora_settings_of
+from .saved import CONFIG_FILE, FORMAT_VERSION, LORA_FILE, WEIGHTS_FILE, read_config
 
-__all__ = ["FORMAT_VERSION", "BridgeInputs", "BridgedLM", "pad_features", "read_config"]
+# The on-disk names live in bridges.saved; re-exported here, where they were first imported from.
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "LORA_FILE",
+    "WEIGHTS_FILE",
+    "BridgeInputs",
+    "BridgedLM",
+    "pad_features",
+    "read_config",
+]
 
-#: Version of the ``bridge.json`` layout written by :meth:`BridgedLM.save`.
-FORMAT_VERSION = 1
 IGNORE_INDEX = -100  # the label value HF causal-LM losses skip
-WEIGHTS_FILE, CONFIG_FILE, LORA_FILE = "bridge.safetensors", "bridge.json", "lora.safetensors"
 
 
 @dataclass
@@ -333,33 +340,14 @@ class BridgedLM:
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [_cut(text, stop).strip() for text in texts]
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ persistence (bridges.saved)
     def describe(self) -> dict[str, Any]:
         """The JSON written next to the weights."""
-        config = dict(self.bridge.config)
-        return {
-            "format_version": FORMAT_VERSION,
-            "bridge": config,
-            "lm": self.lm_name,
-            "lm_dim": int(config["lm_dim"]),
-            "feature_dim": int(config["in_dim"]),
-            "image_token": self.image_token,
-            "lora": self.lora.to_dict() if self.lora is not None else None,
-        }
+        return saved.describe(self.bridge, self.lm_name, self.image_token, self.lora)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``bridge.safetensors`` + ``bridge.json`` (+ ``lora.safetensors``) into ``directory`` (created)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {name: t.detach().contiguous().cpu() for name, t in self.bridge.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-        (directory / LORA_FILE).unlink(missing_ok=True)  # never leave a stale one beside a bridge without LoRA
-        if self.lora is not None:
-            save_file(lora_state(self.lm), str(directory / LORA_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-        (directory / CONFIG_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n", encoding="utf-8")
-        return directory
+        return saved.save_bridge(directory, self.bridge, self.lm, self.lora, self.describe())
 
     @classmethod
     def load(cls, directory: str | Path, lm: Any, tokenizer: Any, *, lm_name: str | None = None) -> BridgedLM:
@@ -367,18 +355,14 @@ class BridgedLM:
 
         A bridge saved with LoRA re-applies its adapters to ``lm`` (in place) and loads their weights.
         """
-        meta = read_config(directory)
-        bridge = _bridge_matching_file(meta["bridge"], Path(directory) / WEIGHTS_FILE)
-        lora = _lora_of(meta)
-        if lora is not None:
-            _check_lora_file(lora, Path(directory) / LORA_FILE)  # before the adapters are allocated
+        found = saved.open_saved(directory)  # checked before the bridge and adapters are allocated
         model = cls(
             lm,
             tokenizer,
-            bridge,
-            meta["image_token"],
-            lm_name=lm_name if lm_name is not None else meta["lm"],
-            lora=lora,
+            found.bridge,
+            found.image_token,
+            lm_name=lm_name if lm_name is not None else found.lm_name,
+            lora=found.lora,
         )
         model.load_weights(directory)
         return model
@@ -389,55 +373,7 @@ class BridgedLM:
         ``lora_may_be_absent``: a bridge saved *without* LoRA may seed a model *with* it (the adapters keep
         their fresh, zero-update start): LLaVA's stage 1 → stage 2.
         """
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        meta = read_config(directory)
-        if meta["bridge"] != json.loads(json.dumps(self.bridge.config)):  # as JSON: tuples read back as lists
-            raise ConfigError(f"{directory}: saved bridge {meta['bridge']} differs from this one {self.bridge.config}")
-        saved_lora = _lora_of(meta)
-        if saved_lora != self.lora and not (lora_may_be_absent and saved_lora is None):
-            raise ConfigError(f"{directory}: saved LoRA settings {saved_lora} differ from this model's {self.lora}")
-        self.bridge.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        if saved_lora is not None:
-            lora_path = directory / LORA_FILE
-            if not lora_path.is_file():
-                raise ConfigError(f"{directory}: {CONFIG_FILE} names LoRA adapters but {LORA_FILE} is missing")
-            load_lora_state(self.lm, load_file(str(lora_path)))
-
-
-def read_config(directory: str | Path) -> dict[str, Any]:
-    """The ``bridge.json`` of a saved bridge, checked: both files present, a format this version reads."""
-    directory = Path(directory)
-    meta_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise ConfigError(f"{directory} is not a saved bridge: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(
-            f"{meta_path}: format_version {meta.get('format_version')!r} is not supported "
-            f"(this version reads {FORMAT_VERSION})"
-        )
-    return meta
-
-
-def _check_lora_file(lora: LoraSettings, path: Path) -> None:
-    """The adapter file exists and its tensors have the rank ``bridge.json`` claims (a typo there must not
-    allocate a rank-10⁶ adapter on every projection before the mismatch shows)."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise ConfigError(f"{path.parent}: {CONFIG_FILE} names LoRA adapters but {LORA_FILE} is missing")
-    with safe_open(str(path), framework="pt") as fh:
-        for name in fh.keys():
-            shape = fh.get_slice(name).get_shape()
-            rank = shape[0] if ".lora_A." in name else shape[-1] if ".lora_B." in name else None
-            if rank != lora.rank:
-                raise ConfigError(f"{path}: {name} has shape {list(shape)}, not a rank-{lora.rank} LoRA adapter")
-
-
-def _lora_of(meta: dict[str, Any]) -> LoraSettings | None:
-    return LoraSettings.from_dict(meta["lora"]) if meta.get("lora") else None
+        saved.load_weights(directory, self.bridge, self.lm, self.lora, lora_may_be_absent=lora_may_be_absent)
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:
@@ -472,26 +408,3 @@ def pad_features(features: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch
         batch[i, : t.shape[0]] = t
         mask[i, : t.shape[0]] = False
     return batch, mask
-
-
-def _bridge_matching_file(config: dict[str, Any], weights_path: Path) -> torch.nn.Module:
-    """Build the bridge a saved config describes, allocating only once its shapes match the weights file.
-
-    ``bridge.json`` is a few bytes a user only reads: ``in_dim: 10**9`` must not cost gigabytes. The bridge
-    is built on the meta device (no memory), its parameter shapes are compared with the tensors actually
-    stored in the safetensors file, and only then is real memory allocated — at most the file's own size.
-    """
-    from safetensors import safe_open
-
-    with torch.device("meta"):
-        bridge = create_bridge(**config)
-    expected = {name: tuple(t.shape) for name, t in bridge.state_dict().items()}
-    with safe_open(str(weights_path), framework="pt") as fh:
-        stored = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
-    if stored != expected:
-        differ = sorted(n for n in set(stored) | set(expected) if stored.get(n) != expected.get(n))
-        raise ConfigError(
-            f"{weights_path}: the stored tensors do not match the bridge its config describes "
-            f"(first differing: {differ[0]} stored {stored.get(differ[0])} vs config {expected.get(differ[0])})"
-        )
-    return bridge.to_empty(device="cpu")

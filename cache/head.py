@@ -20,7 +20,6 @@ writes them (``workflows.fewshot``: safetensors and ``config.json``, no pickle).
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,57 +27,32 @@ from typing import Any
 import torch
 
 from cache.adapter import AdaptiveCache
+from cache.auto import AUTO_CANDIDATES, AUTO_MIN_VALIDATION, EXHAUSTIVE_SUBSETS, branch_subsets, choose_head
 from cache.fit_heads import fit_head, normalized
 from cache.gda import GDAHead
 from cache.linear import LinearHead
 from cache.search import ONE_SE, SearchResult, choose_within_noise, paired_standard_error
 from errors import ConfigError
 
+# auto's rules live in cache.auto; re-exported here, where they were first imported from.
+__all__ = [
+    "AUTO_CANDIDATES",
+    "AUTO_MIN_VALIDATION",
+    "EXHAUSTIVE_SUBSETS",
+    "METHODS",
+    "PRIORS",
+    "FewShotHead",
+    "branch_subsets",
+    "choose_head",
+    "prototypes",
+]
+
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "cache", "cache-train", "gda", "linear", "zero-shot")
 PRIORS = ("text", "prototype", "none")
-#: what ``method="auto"`` chooses among on validation, the reference first: logistic regression (the
-#: linear probe every few-shot paper is measured against), then GDA, then the training-free cache. A later
-#: one is chosen only if it beats the earlier ones by more than one paired standard error on validation
-#: (:func:`cache.search.choose_within_noise`): within noise, auto is the linear probe.
-AUTO_CANDIDATES = ("linear", "gda", "cache")
-#: validation images below which ``auto`` does not choose at all and keeps the training-free cache (the
-#: class centroids, refined by the support keys). Heads differ by 1-3 points; two heads that disagree on
-#: 10 % of n images have a paired standard error of about sqrt(0.1 / n): 3 points at n = 100, 11 at the
-#: 8 images ants/bees carves at 1-4 shots, where choosing among heads is choosing by chance.
-AUTO_MIN_VALIDATION = 100
-#: up to this many branches ``auto`` tries every subset of them; beyond, all, all-but-one and each alone
-EXHAUSTIVE_SUBSETS = 3
 #: what :meth:`FewShotHead.from_state` copies from a fitted head (and ``auto`` from its chosen subset)
 _FITTED = ("branches", "fusion", "cache", "gda", "gda_alpha", "linear", "linear_c", "linear_samples")
-
-
-def choose_head(correct: Mapping[str, torch.Tensor]) -> str:
-    """``auto``'s choice (given at least :data:`AUTO_MIN_VALIDATION` images) from each candidate's per-image
-    correctness on validation: the first of
-    :data:`AUTO_CANDIDATES` within one paired standard error of the best (the one-SE rule), so a head
-    other than linear must beat it by more than the validation split can resolve.
-
-    >>> right = torch.tensor([1, 1, 1, 1, 1, 1, 1, 0]); one_more = torch.ones(8)
-    >>> choose_head({"linear": right, "gda": one_more, "cache": right})   # 1 image of 8: noise
-    'linear'
-    """
-    return AUTO_CANDIDATES[choose_within_noise([correct[m] for m in AUTO_CANDIDATES])]
-
-
-def branch_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
-    """The subsets of ``names`` that ``auto`` tries, largest first: all of them up to
-    :data:`EXHAUSTIVE_SUBSETS` branches; beyond, all, each all-but-one and each alone.
-
-    >>> branch_subsets(["a", "b"])
-    [('a', 'b'), ('a',), ('b',)]
-    """
-    names = list(names)
-    if len(names) <= EXHAUSTIVE_SUBSETS:
-        sizes = range(len(names), 0, -1)
-        return [c for r in sizes for c in itertools.combinations(names, r)]
-    return [tuple(names), *itertools.combinations(names, len(names) - 1), *((n,) for n in names)]
 
 
 def prototypes(plain: Mapping[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
