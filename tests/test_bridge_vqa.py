@@ -221,3 +221,19 @@ def test_real_bridge_learns_its_training_questions_and_is_scored_on_held_out_one
     broken = job.evaluate_vqa(train)
     assert broken.score.correct < trained.score.correct
     assert isinstance(job.model, BridgedLM)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--kind", "query", "--question-aware"], "--question-aware"), (["--kind", "mlp", "--pos-2d"], "--pos-2d")],
+)
+def test_bridge_options_for_another_kind_are_a_usage_error(tmp_path, monkeypatch, flags, message):
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+
+    monkeypatch.setenv("EXPERTBRIDGE_STORE_DIR", str(tmp_path / "store"))
+    res = CliRunner().invoke(app, ["bridge", "train", "easy-vqa:train:8", "--out", str(tmp_path / "b"), *flags])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "b").exists()  # nothing trained, nothing written
