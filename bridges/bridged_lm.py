@@ -176,23 +176,23 @@ class BridgedLM:
         features, mask = pad_features(features)
         # Detached: gradients stop at the bridge, a vision expert upstream stays untouched.
         features = features.detach().to(self.device)
+        inputs: dict[str, torch.Tensor] = {}
         if self.question_aware:
             if question is None:
                 raise ConfigError("this bridge is question-aware: it needs the prompt text (use build_inputs)")
-            embeds, question_mask = question
-            return self.bridge(features, question=embeds, question_mask=question_mask).to(self.embed_dtype)
-        if mask is None:
-            return self.bridge(features).to(self.embed_dtype)
-        if not self._bridge_takes_mask:
-            raise ConfigError(
-                f"{type(self.bridge).__name__} cannot read images with different patch counts in one batch "
-                "(no key-padding mask); use a query bridge or equal patch counts"
-            )
-        return self.bridge(features, key_padding_mask=mask.to(self.device)).to(self.embed_dtype)
+            inputs["question"], inputs["question_mask"] = question
+        if mask is not None:
+            if not self._bridge_takes_mask:
+                raise ConfigError(
+                    f"{type(self.bridge).__name__} cannot read images with different patch counts in one batch "
+                    "(no key-padding mask); use a query bridge or equal patch counts"
+                )
+            inputs["key_padding_mask"] = mask.to(self.device)
+        return self.bridge(features, **inputs).to(self.embed_dtype)
 
     @property
     def question_aware(self) -> bool:
-        """Does the bridge read the question too (``MLPProjector(question_aware=True)``)?"""
+        """Does the bridge read the question too (``question_aware=True`` on a projector or query bridge)?"""
         return bool(getattr(self.bridge, "question_aware", False))
 
     def question_inputs(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:

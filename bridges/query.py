@@ -10,6 +10,11 @@ self-attention over the queries, cross-attention from queries to patches, and an
 (Qwen-VL), which needs a square number of patches per image; with a key-padding mask each
 image gets its own grid (its real patches first, padding after). A ``(B, D)`` input is one patch.
 
+``question_aware=True`` is InstructBLIP's instruction-aware Q-Former: the question's tokens (the LM's
+own embeddings of the prompt text, projected to the hidden width, with 1-D sin-cos positions) join
+the queries in self-attention, so what the queries read from the image can depend on what is asked
+("is there a red shape?" needs the colour compared, not described). Only the queries come out.
+
 >>> import torch
 >>> bridge = QueryBridge(16, 32, num_queries=4, hidden_dim=8, num_layers=1, num_heads=2)
 >>> bridge(torch.randn(2, 9, 16)).shape
@@ -54,6 +59,16 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([encode(rows), encode(cols)], dim=1).float()
 
 
+def _sincos_1d(length: int, dim: int) -> torch.Tensor:
+    """Fixed 1-D sin-cos positions ``(length, dim)`` for the question's tokens (``dim`` even)."""
+    half = dim // 2
+    omega = 1.0 / (10000 ** (torch.arange(half, dtype=torch.float64) / half))
+    angles = torch.arange(length, dtype=torch.float64).reshape(-1, 1) * omega.reshape(1, -1)
+    out = torch.zeros(length, dim, dtype=torch.float64)
+    out[:, : 2 * half] = torch.cat([angles.sin(), angles.cos()], dim=1)
+    return out.float()
+
+
 class QueryBridge(nn.Module):
     """``num_queries`` learnable queries cross-attending to patch features → ``(B, m, lm_dim)``.
 
@@ -76,6 +91,7 @@ class QueryBridge(nn.Module):
         num_layers: int = 2,
         num_heads: int = 4,
         pos_2d: bool = False,
+        question_aware: bool = False,
     ):
         super().__init__()
         for name, value in (
@@ -95,6 +111,7 @@ class QueryBridge(nn.Module):
         self.in_dim, self.lm_dim = int(in_dim), int(lm_dim)
         self.num_queries, self.hidden_dim = int(num_queries), int(hidden_dim)
         self.num_layers, self.num_heads, self.pos_2d = int(num_layers), int(num_heads), bool(pos_2d)
+        self.question_aware = bool(question_aware)
 
         self.input_proj = nn.Linear(self.in_dim, self.hidden_dim)
         # Small init (BLIP-2 uses std 0.02) keeps the first attention maps near uniform.
@@ -113,9 +130,21 @@ class QueryBridge(nn.Module):
         )
         self.norm = nn.LayerNorm(self.hidden_dim)  # pre-norm layers leave the output un-normalised
         self.output_proj = nn.Linear(self.hidden_dim, self.lm_dim)
+        if self.question_aware:
+            self.question_proj = nn.Linear(self.lm_dim, self.hidden_dim)
 
-    def forward(self, features: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, D)`` or ``(B, P, D)`` → ``(B, num_queries, lm_dim)``."""
+    def forward(
+        self,
+        features: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        question: torch.Tensor | None = None,
+        question_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(B, D)`` or ``(B, P, D)`` → ``(B, num_queries, lm_dim)``.
+
+        A question-aware bridge also takes ``question`` ``(B, T, lm_dim)`` (the LM's embeddings of the
+        prompt text) and ``question_mask`` ``(B, T)``, True on real tokens.
+        """
         if features.dim() == 2:
             features = features.unsqueeze(1)
         if features.dim() != 3 or features.shape[-1] != self.in_dim:
@@ -133,10 +162,31 @@ class QueryBridge(nn.Module):
         if self.pos_2d:
             memory = memory + self._positions(batch, patches, key_padding_mask).to(memory)
         x = self.queries.unsqueeze(0).expand(batch, -1, -1)
+        text_padding = None
+        if self.question_aware:
+            text, text_padding = self._question_tokens(batch, question, question_mask)
+            x = torch.cat([x, text], dim=1)
         mask = key_padding_mask.bool() if key_padding_mask is not None else None
         for layer in self.layers:
-            x = layer(x, memory, memory_key_padding_mask=mask)
-        return self.output_proj(self.norm(x))
+            x = layer(x, memory, tgt_key_padding_mask=text_padding, memory_key_padding_mask=mask)
+        return self.output_proj(self.norm(x[:, : self.num_queries]))
+
+    def _question_tokens(
+        self, batch: int, question: torch.Tensor | None, question_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The question projected to ``(B, T, hidden)`` with positions, and the padding mask of queries + text."""
+        if question is None or question.dim() != 3 or question.shape[0] != batch or question.shape[2] != self.lm_dim:
+            got = None if question is None else tuple(question.shape)
+            raise ConfigError(f"QueryBridge is question-aware: pass question=(B, T, {self.lm_dim}), got {got}")
+        length = question.shape[1]
+        positions = _sincos_1d(length, self.hidden_dim).to(self.queries)
+        text = self.question_proj(question.to(self.queries.dtype)) + positions
+        if question_mask is None:
+            real = torch.ones(batch, length, dtype=torch.bool, device=question.device)
+        else:
+            real = question_mask.bool()
+        queries = torch.ones(batch, self.num_queries, dtype=torch.bool, device=real.device)
+        return text, ~torch.cat([queries, real], dim=1)
 
     def _positions(self, batch: int, patches: int, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         """``(B, P, hidden)`` 2-D encodings: each row's own square grid (real patches first), zeros on padding."""
@@ -171,4 +221,5 @@ class QueryBridge(nn.Module):
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "pos_2d": self.pos_2d,
+            **({"question_aware": True} if self.question_aware else {}),  # old saved configs stay valid
         }

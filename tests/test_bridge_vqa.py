@@ -225,7 +225,10 @@ def test_real_bridge_learns_its_training_questions_and_is_scored_on_held_out_one
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--kind", "query", "--question-aware"], "--question-aware"), (["--kind", "mlp", "--pos-2d"], "--pos-2d")],
+    [
+        (["--kind", "mlp", "--features", "patches", "--question-aware"], "--question-aware"),
+        (["--kind", "mlp", "--pos-2d"], "--pos-2d"),
+    ],
 )
 def test_bridge_options_for_another_kind_are_a_usage_error(tmp_path, monkeypatch, flags, message):
     from typer.testing import CliRunner

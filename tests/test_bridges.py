@@ -344,22 +344,23 @@ def test_soft_tokens_take_the_embedding_dtype():
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
 
 
-# ---------------------------------------------------------------------- question-aware projectors
+# ---------------------------------------------------------------------- question-aware bridges
 def _soft_rows(model: BridgedLM, feats, prompts, targets=None) -> list[torch.Tensor]:
     inputs = model.build_inputs(feats, prompts, targets)
-    k = model.bridge.num_tokens
+    k = getattr(model.bridge, "num_tokens", None) or model.bridge.num_queries
     return [inputs.inputs_embeds[i, p : p + k] for i, p in enumerate(inputs.image_positions)]
 
 
-def test_a_question_aware_projector_reads_the_question_and_never_the_answer():
-    model, plain = tiny_model("mlp", question_aware=True), tiny_model("mlp")
+@pytest.mark.parametrize("kind", ["mlp", "query"])
+def test_a_question_aware_bridge_reads_the_question_and_never_the_answer(kind):
+    model, plain = tiny_model(kind, question_aware=True), tiny_model(kind)
     same_image = features(1).repeat(2, 1)
     prompts = ["<image> what is this ?", "<image> describe the caption ."]
     with torch.no_grad():
         asked = _soft_rows(model, same_image, prompts)
         assert not torch.allclose(asked[0], asked[1])  # same image, different question → different soft tokens
         unasked = _soft_rows(plain, same_image, prompts)
-        assert torch.equal(unasked[0], unasked[1])
+        assert torch.allclose(unasked[0], unasked[1], atol=1e-6)
         # The target (the answer) is appended after the question for training: it must not reach the bridge.
         trained = _soft_rows(model, same_image, prompts, ["an ant", "a bee"])
     assert all(torch.allclose(a, t) for a, t in zip(asked, trained))
@@ -379,14 +380,30 @@ def test_a_question_aware_projector_pools_only_real_question_tokens():
         one_token(torch.randn(1, 4, FEAT_DIM), question=question)
 
 
-def test_a_question_aware_bridge_saves_and_loads(tmp_path):
-    model = tiny_model("mlp", question_aware=True)
+def test_a_question_aware_query_bridge_ignores_question_padding_and_needs_the_question():
+    bridge = QueryBridge(FEAT_DIM, LM_DIM, num_queries=3, hidden_dim=16, num_layers=1, num_heads=2, question_aware=True)
+    patches, question = torch.randn(2, 4, FEAT_DIM), torch.randn(2, 3, LM_DIM)
+    padded = torch.cat([question, torch.randn(2, 2, LM_DIM)], dim=1)
+    mask = torch.tensor([[True, True, True, False, False]] * 2)
+    with torch.no_grad():
+        out = bridge(patches, question=question)
+        assert out.shape == (2, 3, LM_DIM)  # only the queries come out, not the question's tokens
+        assert torch.allclose(out, bridge(patches, question=padded, question_mask=mask), atol=1e-6)
+        reordered = bridge(patches, question=question.flip(1))
+    assert not torch.allclose(out, reordered, atol=1e-4)  # word order reaches the queries (1-D positions)
+    with pytest.raises(ConfigError, match="question-aware"):
+        bridge(patches)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "query"])
+def test_a_question_aware_bridge_saves_and_loads(tmp_path, kind):
+    model = tiny_model(kind, question_aware=True)
     feats, prompts, targets = features(2), [PROMPT, "what is this <image> ?"], ["an ant", "a bee"]
     loaded = BridgedLM.load(model.save(tmp_path / "bridge"), model.lm, model.tokenizer)
     assert loaded.question_aware and loaded.bridge.config["question_aware"] is True
     with torch.no_grad():
         assert torch.equal(loaded.loss(feats, prompts, targets), model.loss(feats, prompts, targets))
-    assert "question_aware" not in tiny_model("mlp").bridge.config  # bridges saved before it load unchanged
+    assert "question_aware" not in tiny_model(kind).bridge.config  # bridges saved before it load unchanged
 
 
 def test_profiling_a_training_step_of_a_question_aware_bridge_times_the_bridge_with_its_question():

@@ -83,7 +83,10 @@ def train_cmd(
     pos_2d: Annotated[bool, typer.Option("--pos-2d", help="query bridge: add 2-D sin-cos patch positions")] = False,
     question_aware: Annotated[
         bool,
-        typer.Option("--question-aware", help="linear/mlp on pooled features: the projector also reads the question"),
+        typer.Option(
+            "--question-aware",
+            help="the bridge also reads the question (query: InstructBLIP-style; linear/mlp: pooled features)",
+        ),
     ] = False,
     store_patches: Annotated[
         bool,
@@ -135,8 +138,8 @@ def train_cmd(
     elif pos_2d:
         raise ConfigError("--pos-2d applies to --kind query only")
     if question_aware:
-        if kind == "query" or features != "pooled":
-            raise ConfigError("--question-aware applies to --kind linear/mlp on pooled features only")
+        if kind != "query" and features != "pooled":
+            raise ConfigError("--question-aware applies to --kind query, or linear/mlp on pooled features")
         size["question_aware"] = True
     if hidden_dim is not None:
         size["hidden_dim"] = hidden_dim
