@@ -4,9 +4,10 @@ CaFo ("Prompt, Generate, then Cache", CVPR 2023) builds CLIP's zero-shot prior f
 sentences a language model writes about each class, as CuPL (Pratt et al., ICCV 2023)
 does: ask a few questions per class ("Describe what a dog looks like", …), keep many
 answers, and average their CLIP text features per class. Any langchain-core chat model
-works; replies are cached on disk, so a second run with the same model calls it zero
-times. When there is no model, or it fails or answers nothing usable for a class, that
-class gets plain prompt templates instead, and the result says which classes and why.
+works; replies are cached on disk (one SQLite file, :mod:`agents.description_cache`), so a
+second run with the same model calls it zero times. When there is no model, or it fails or
+answers nothing usable for a class, that class gets plain prompt templates instead, and the
+result says which classes and why.
 
     from agents.descriptions import describe_classes
     descriptions = describe_classes(["ant", "bee"], chat_model, cache_dir="~/.cache/eb/descriptions")
@@ -18,7 +19,6 @@ CuPL sampled with temperature 0.99; set sampling on the chat model itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -30,7 +30,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 
-from cache.atomic_write import atomic_write
+from agents.description_cache import DescriptionCache
 from experts.clip import template_set
 from experts.errors import ConfigError
 
@@ -130,7 +130,7 @@ def describe_classes(
     prompts: dict[str, tuple[str, ...]] = {}
     source: dict[str, str] = {}
     errors: dict[str, str] = {}
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
+    cache = DescriptionCache(cache_dir) if cache_dir is not None else None
     identity = model_identity(chat_model) if chat_model is not None else None
 
     iterator: Iterable[str] = names
@@ -248,7 +248,7 @@ def _ask(
     classname: str,
     questions: Sequence[str],
     n: int,
-    cache: Path | None,
+    cache: DescriptionCache | None,
     max_concurrency: int,
 ) -> tuple[list[str], list[str]]:
     """All answers for one class (cached replies first, one batched call for the rest) and the failures."""
@@ -256,7 +256,8 @@ def _ask(
         {"model": identity, "class": classname, "question": q, "answers": n, "instruction": INSTRUCTION}
         for q in questions
     ]
-    replies: list[str | None] = [_read(cache, k) if cache is not None else None for k in keys]
+    # The raw reply is cached, not the parsed answers, so better cleaning applies without new calls.
+    replies: list[str | None] = [cache.get(k) if cache is not None else None for k in keys]
     missing = [i for i, r in enumerate(replies) if r is None]
     failures: list[str] = []
     if missing:
@@ -273,7 +274,7 @@ def _ask(
                 continue  # never cached: the next run asks again
             replies[i] = out.text if isinstance(out, BaseMessage) else str(out)
             if cache is not None:
-                _write(cache, keys[i], replies[i])
+                cache.put(keys[i], replies[i])
     answers = [a for r in replies if r for a in parse_answers(r, classname, limit=n)]
     return answers, failures
 
@@ -287,31 +288,3 @@ def _dedupe(answers: Sequence[str]) -> list[str]:
             seen.add(norm)
             out.append(a)
     return out
-
-
-def _path(cache: Path, key: Mapping[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return cache / f"{digest}.json"
-
-
-def _read(cache: Path, key: Mapping[str, Any]) -> str | None:
-    path = _path(cache, key)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:  # a damaged entry is a miss and gets rewritten, never a crash
-        log.warning("ignoring unreadable description cache entry %s: %s", path, e)
-        return None
-    reply = record.get("reply") if isinstance(record, dict) else None
-    return reply if isinstance(reply, str) else None
-
-
-def _write(cache: Path, key: Mapping[str, Any], reply: str) -> None:
-    """Atomic: a crash or a concurrent run never leaves a half-written entry."""
-    cache.mkdir(parents=True, exist_ok=True)
-    # The raw reply is stored, not the parsed answers, so better cleaning applies without new calls.
-    # The model's params aren't stored: the file name (a hash) is enough, and they might be sensitive.
-    record = {"format": FORMAT, "class": key["class"], "question": key["question"], "reply": reply}
-    with atomic_write(_path(cache, key)) as f:
-        json.dump(record, f, ensure_ascii=False, indent=1)

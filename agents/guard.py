@@ -116,6 +116,11 @@ class RunGuard:
         return request.override(tool_choice="auto", messages=[*request.messages, HumanMessage(self.texts.call_a_tool)])
 
     def wrap_model_call(self, request: ModelRequest, handler) -> ModelResponse:
+        # Our budgets, not LangChain's limit middlewares (langchain 1.5, tried): ModelCallLimitMiddleware
+        # ends the run with its "limits exceeded" text as the reply (parsed as the answer, no trace step) and
+        # counts model steps, not calls (a retry here is a second call); ToolCallLimitMiddleware blocks a call
+        # before wrap_tool_call sees it (gone from the trace) and leaves the tools bound. We withdraw the tools
+        # and ask for an answer, and record a "limit" step. No LangChain middleware has a token or time budget.
         model_calls = len(self.trace.model_steps)
         if self.exceeded:
             return self._stop(self.exceeded)

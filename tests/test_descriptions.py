@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import closing
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr, SecretStr
 
+from agents.description_cache import FILENAME, DescriptionCache
 from agents.descriptions import (
     DEFAULT_QUESTIONS,
     ClassDescriptions,
@@ -123,9 +126,12 @@ def test_disk_cache_second_run_makes_no_calls(tmp_path):
     first = RecordingChatModel(reply=numbered)
     d1 = describe_classes(["ant", "bee"], first, cache_dir=tmp_path)
     assert len(first.prompts) == 2 * len(DEFAULT_QUESTIONS)
-    files = sorted(tmp_path.iterdir())
-    assert len(files) == 2 * len(DEFAULT_QUESTIONS) and all(f.suffix == ".json" for f in files)  # no tmp leftovers
-    assert {json.loads(f.read_text())["class"] for f in files} == {"ant", "bee"}
+    assert [f.name for f in tmp_path.iterdir()] == ["descriptions.sqlite"]  # one file, no journal left over
+    with closing(sqlite3.connect(tmp_path / "descriptions.sqlite")) as db:
+        rows = db.execute("SELECT key_json, reply FROM replies").fetchall()
+    assert len(rows) == 2 * len(DEFAULT_QUESTIONS)
+    assert {json.loads(k)["class"] for k, _ in rows} == {"ant", "bee"}
+    assert all(reply.startswith("Sure! Here are three answers:") for _, reply in rows)  # the raw reply
 
     again = RecordingChatModel(reply=numbered)
     assert describe_classes(["ant", "bee"], again, cache_dir=tmp_path) == d1
@@ -142,6 +148,38 @@ def test_disk_cache_second_run_makes_no_calls(tmp_path):
     more_answers = RecordingChatModel(reply=numbered)
     describe_classes(["ant"], more_answers, cache_dir=tmp_path, answers_per_question=3)
     assert len(more_answers.prompts) == len(DEFAULT_QUESTIONS)
+
+
+def test_corrupt_cache_file_is_a_warning_and_a_miss(tmp_path, caplog):
+    (tmp_path / FILENAME).write_bytes(b"not a database, " * 64)
+    model = RecordingChatModel(reply=numbered)
+    with caplog.at_level(logging.WARNING, logger="agents.description_cache"):
+        d = describe_classes(["ant", "bee"], model, cache_dir=tmp_path)
+    assert d.source == {"ant": "llm", "bee": "llm"} and d.errors == {}
+    assert len(model.prompts) == 2 * len(DEFAULT_QUESTIONS)  # every reply asked for again
+    warnings = [r for r in caplog.records if r.name == "agents.description_cache"]
+    assert len(warnings) == 1 and "treating it as empty" in warnings[0].getMessage()  # once, not per key
+
+
+def test_concurrent_puts_from_threads_all_land(tmp_path):
+    cache = DescriptionCache(tmp_path)
+    keys = [{"class": f"c{t}", "question": f"q{i}"} for t in range(8) for i in range(25)]
+    barrier = threading.Barrier(8)
+
+    def write(thread: int) -> None:
+        barrier.wait()  # all eight start together
+        for key in keys[thread * 25 : (thread + 1) * 25]:
+            cache.put(key, f"reply to {key['class']} {key['question']}")
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fresh = DescriptionCache(tmp_path)  # another instance, as another run would open it
+    assert [fresh.get(k) for k in keys] == [f"reply to {k['class']} {k['question']}" for k in keys]
+    assert fresh.get({"question": "q0", "class": "c0"}) == "reply to c0 q0"  # key order doesn't matter
+    assert fresh.get({"class": "c0", "question": "q0", "answers": 3}) is None
 
 
 def test_failing_model_falls_back_to_templates_and_is_not_cached(tmp_path, caplog):
