@@ -7,7 +7,7 @@ defaults, the settings' defaults and the few-shot ``--experts`` names all read t
 default is written here and nowhere else.
 
 >>> list_presets("timm")
-['timm.lite0', 'timm.lite1', 'timm.lite2']
+['timm.lite0', 'timm.lite0-multilevel', 'timm.lite1', 'timm.lite1-multilevel', 'timm.lite2', 'timm.lite2-multilevel']
 >>> get_preset("timm.lite2").options["model"]
 'tf_efficientnet_lite2'
 >>> create_expert("timm.lite2", device="cpu")         # doctest: +SKIP
@@ -78,6 +78,17 @@ def _lite(i: int) -> Preset:
     )
 
 
+def _lite_multilevel(i: int) -> Preset:
+    lite = _lite(i)
+    return Preset(
+        f"timm.lite{i}-multilevel",
+        "timm",
+        {**lite.options, "stages": (3, 4)},
+        f"EfficientNet-Lite{i} as timm.lite{i}, plus its stride-16 and stride-32 blocks average-pooled "
+        "(multi-level features: stronger few-shot texture classes)",
+    )
+
+
 _ROWS = (
     Preset(
         "yolo.v8n",
@@ -89,6 +100,7 @@ _ROWS = (
     _lite(0),
     _lite(1),
     _lite(2),
+    *(_lite_multilevel(i) for i in (0, 1, 2)),
     Preset(
         "clip.vit-b-32-openai",
         "clip",

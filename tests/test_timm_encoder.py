@@ -112,3 +112,25 @@ def test_patch_tokens_are_the_final_feature_map_and_the_vector_its_normalized_me
     assert set(plain.identity["config"]) == {"normalize", "model"}  # keys stored before these options stay valid
     with pytest.raises(ConfigError, match="image_size"):
         create_expert("timm", model="tf_efficientnet_lite0", weights=None, image_size=4)
+
+
+def test_multilevel_features_are_the_plain_vector_and_each_stage_pooled_each_part_normalized(efficientnet, bus_jpg):
+    """``stages=(3, 4)`` (the ``timm.lite0-multilevel`` preset): pre-logits + the stride-16 (112 ch) and
+    stride-32 (320 ch) blocks average-pooled, each part unit-norm, so each level has the same say."""
+    multi = create_expert("timm.lite0-multilevel", device="cpu", offline=True)
+    assert multi.stages == (3, 4) and multi.identity != efficientnet.identity  # never the plain entries
+    vector = multi(bus_jpg).vector
+    assert vector.shape == (1280 + 112 + 320,)
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    parts = np.split(vector, [1280, 1280 + 112])
+    for part in parts:  # after the final normalization each part is 1/sqrt(3) of the whole
+        assert np.linalg.norm(part) == pytest.approx(1 / np.sqrt(3), abs=1e-5)
+    np.testing.assert_allclose(parts[0] * np.sqrt(3), efficientnet(bus_jpg).vector, atol=1e-5)
+    net = multi.model
+    with torch.inference_mode():
+        _, (_, last) = net.forward_intermediates(multi.preprocess([load_image(bus_jpg).image]), indices=[3, 4])
+    pooled = last[0].mean(dim=(-2, -1)).numpy()
+    np.testing.assert_allclose(parts[2] * np.sqrt(3), pooled / np.linalg.norm(pooled), atol=1e-5)
+    for bad in ("3,4", [3, -1], [3.5]):
+        with pytest.raises(ConfigError, match="stages"):
+            create_expert("timm", model="tf_efficientnet_lite0", weights=None, stages=bad)
