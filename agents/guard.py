@@ -22,8 +22,9 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from agents.answers import text_of
 from agents.chat.factory import reply_cap
+from agents.chat.toolcalls import to_text_messages
 from agents.deadline import run_with_deadline
-from agents.model_errors import first_line, model_failure, refuses_forced_choice
+from agents.model_errors import first_line, model_failure, refuses_forced_choice, refuses_tool_history
 from agents.tools import ToolContext
 from agents.trace import Step, Trace
 from experts.errors import ExpertBridgeError
@@ -36,7 +37,8 @@ if TYPE_CHECKING:  # the planner imports this module: only the type, for the ann
 class ModelQuirks:
     """What the planner learned about its model's server, kept across runs."""
 
-    refuses_forced_choice: bool = False
+    refuses_forced_choice: bool = False  # tool_choice="any" is refused: name the lone tool, or ask for a call
+    text_tool_history: bool = False  # tool calls and results are refused: send them as text
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,16 @@ class RunGuard:
         self.trace.steps.append(Step("limit", self._elapsed(), 0.0, content=reason))
         return ModelResponse(result=[AIMessage(f"Answer: (no answer: {reason})")])
 
-    def _ask_for_a_call(self, request: ModelRequest) -> ModelRequest:
-        """The request without a forced choice, with an instruction to call a tool instead."""
-        return request.override(tool_choice="auto", messages=[*request.messages, HumanMessage(self.texts.call_a_tool)])
+    def _ask_for_a_call(self, request: ModelRequest, refused: Any) -> tuple[ModelRequest, str]:
+        """The request without the ``refused`` tool choice, and how it asks instead: ``"any"`` over one tool
+        is that tool, named (llama-cpp-python's server takes a named choice); else ``"auto"`` and an
+        instruction to call a tool."""
+        name = getattr(request.tools[0], "name", None) if len(request.tools) == 1 else None
+        if refused == "any" and name:
+            return request.override(tool_choice=name), f"tool_choice={name!r} (the only tool)"
+        ask = HumanMessage(self.texts.call_a_tool)
+        how = "tool_choice='auto' and an instruction to call a tool"
+        return request.override(tool_choice="auto", messages=[*request.messages, ask]), how
 
     def wrap_model_call(self, request: ModelRequest, handler) -> ModelResponse:
         # Our budgets, not LangChain's limit middlewares (langchain 1.5, tried): ModelCallLimitMiddleware
@@ -139,7 +148,7 @@ class RunGuard:
         elif model_calls == 0 and self.look_first and request.tools:
             # The model cannot see the image: its first move must be to look (small models otherwise guess).
             if self.quirks.refuses_forced_choice:
-                request = self._ask_for_a_call(request)
+                request, _ = self._ask_for_a_call(request, self.look_first)
             else:
                 request = request.override(tool_choice=self.look_first)
         cap = reply_cap(request.model, self.limits.max_reply_tokens)
@@ -206,31 +215,46 @@ class RunGuard:
         return any(s.tool == call["name"] and s.arguments == args and s.error is None for s in self.trace.tool_steps)
 
     def _call_model(self, request: ModelRequest, handler) -> ModelResponse:
-        """``handler(request)`` within the time left (``TimeoutError`` past it); a refused forced tool choice
-        is retried once with ``auto``; any other failure of the model or its server is one ChatModelError."""
+        """``handler(request)`` within the time left (``TimeoutError`` past it); a request refused for a quirk
+        we can work around (:meth:`_work_around`) is retried once; any other failure of the model or its
+        server is one ChatModelError."""
+        if self.quirks.text_tool_history:
+            request = request.override(messages=to_text_messages(request.messages))
         try:
             return run_with_deadline(lambda: handler(request), self._remaining())
         except (ExpertBridgeError, TimeoutError):
             raise
         except Exception as err:  # noqa: BLE001 - whatever the provider raises, the user gets one clear line
-            if not (_is_forced(request.tool_choice) and refuses_forced_choice(err)):
+            retry = self._work_around(request, err)
+            if retry is None:
                 raise model_failure(self.model_name, err) from err
-            self.quirks.refuses_forced_choice = True
-            self.trace.steps.append(
-                Step(
-                    "retry",
-                    self._elapsed(),
-                    0.0,
-                    content=f"the server refused tool_choice={request.tool_choice!r} ({first_line(err)}); "
-                    "asked again with tool_choice='auto' and an instruction to call a tool",
-                )
-            )
         try:
-            return run_with_deadline(lambda: handler(self._ask_for_a_call(request)), self._remaining())
+            return run_with_deadline(lambda: handler(retry), self._remaining())
         except (ExpertBridgeError, TimeoutError):
             raise
         except Exception as err:  # noqa: BLE001
             raise model_failure(self.model_name, err) from err
+
+    def _work_around(self, request: ModelRequest, err: Exception) -> ModelRequest | None:
+        """``request`` in a form the server may take after it refused it with ``err``, the quirk learned for
+        the planner's later calls and the retry noted in the trace; ``None`` when no workaround applies.
+
+        A forced tool choice: the lone tool named, or ``"auto"`` and an instruction. Tool calls and results
+        in the history: the same history as text (llama-cpp-python's server refuses the null content of an
+        assistant's tool calls, HTTP 500, and its chatml-function-calling template drops tool results)."""
+        if _is_forced(request.tool_choice) and refuses_forced_choice(err):
+            self.quirks.refuses_forced_choice = True
+            retry, how = self._ask_for_a_call(request, request.tool_choice)
+            refused = f"tool_choice={request.tool_choice!r}"
+        elif _has_tool_history(request.messages) and refuses_tool_history(err):
+            self.quirks.text_tool_history = True
+            retry = request.override(messages=to_text_messages(request.messages))
+            refused, how = "the tool calls and results in the history", "them as text"
+        else:
+            return None
+        content = f"the server refused {refused} ({first_line(err)}); asked again with {how}"
+        self.trace.steps.append(Step("retry", self._elapsed(), 0.0, content=content))
+        return retry
 
     def wrap_tool_call(self, request: ToolCallRequest, handler) -> ToolMessage:
         call = request.tool_call
@@ -293,6 +317,10 @@ def _cut(message: AIMessage, limit: int) -> tuple[AIMessage, str]:
 
 def _last_ai(response: ModelResponse) -> AIMessage:
     return next((m for m in reversed(response.result) if isinstance(m, AIMessage)), AIMessage(""))
+
+
+def _has_tool_history(messages: list) -> bool:
+    return any(isinstance(m, ToolMessage) or (isinstance(m, AIMessage) and m.tool_calls) for m in messages)
 
 
 def _is_forced(tool_choice: Any) -> bool:

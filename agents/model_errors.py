@@ -1,6 +1,7 @@
 """A chat model's failures, said in one line: which model, why, and what to try.
 
-refuses_forced_choice(err)                # a server rejecting tool_choice="any" (retry with "auto")
+refuses_forced_choice(err)                # a server rejecting tool_choice="any" (retry without it)
+refuses_tool_history(err)                 # a server rejecting tool calls and results (retry with them as text)
 raise model_failure("openai:gpt-4o", err) # ChatModelError: "chat model openai:gpt-4o failed: HTTP 401 ..."
 """
 
@@ -20,15 +21,26 @@ def refuses_forced_choice(err: BaseException) -> bool:
     >>> refuses_forced_choice(ConnectionError("tool_choice: connection refused"))
     False
     """
-    status = getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
-    if status in (400, 422, 500, 501):
+    if _status(err) in (400, 422, 500, 501):
         return True
     return "tool_choice" in str(err) and not _is_connection_error(err)
 
 
+def refuses_tool_history(err: BaseException) -> bool:
+    """Does ``err`` look like a server rejecting a request's tool calls and results (rather than being down)?
+
+    An HTTP error answer (400, 422, 500): llama-cpp-python's server answers 500 ("Input should be a
+    valid string") to the ``"content": null`` that OpenAI clients send with an assistant's tool calls.
+
+    >>> refuses_tool_history(ConnectionError("connection refused"))
+    False
+    """
+    return _status(err) in (400, 422, 500)
+
+
 def model_failure(model_name: str, err: BaseException) -> ChatModelError:
     """One line for the user: which model failed, why, and what to try."""
-    status = getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
+    status = _status(err)
     if _is_connection_error(err):
         hint = "is the server running and reachable at the base URL? (or use a local model: --model auto)"
     elif "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower():
@@ -43,6 +55,11 @@ def model_failure(model_name: str, err: BaseException) -> ChatModelError:
         hint = "check the --model spec, or try another model"
     code = f"HTTP {status} " if isinstance(status, int) else ""
     return ChatModelError(f"chat model {model_name} failed: {code}{type(err).__name__}: {first_line(err)} — {hint}")
+
+
+def _status(err: BaseException) -> int | None:
+    """The HTTP status of a provider's error (openai's, httpx's), if it has one."""
+    return getattr(err, "status_code", None) or getattr(getattr(err, "response", None), "status_code", None)
 
 
 def _is_connection_error(err: BaseException) -> bool:

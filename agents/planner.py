@@ -31,10 +31,12 @@ its result opens the conversation (SmolLM2, forced to call it, wrote a JSON sche
 empty arguments); one with arguments is forced as the model's first call.
 
 Some servers refuse a forced tool choice (llama-cpp-python's OpenAI server answers HTTP
-500; some vLLM/TGI configurations 400): the guard then asks again with ``"auto"`` plus an
-instruction to call a tool, notes the retry in the trace, and skips forcing for the rest
-of the planner's life. Any other failure of the model or its server becomes one
-:class:`~experts.errors.ChatModelError` saying which model failed, why, and what to try.
+500; some vLLM/TGI configurations 400): the guard then asks again with the lone tool named,
+or with ``"auto"`` plus an instruction to call a tool, notes the retry in the trace, and
+skips forcing for the rest of the planner's life. A server refusing tool calls and results
+in the history (that same server) gets them as text from then on. Any other failure of the
+model or its server becomes one :class:`~experts.errors.ChatModelError` saying which model
+failed, why, and what to try.
 
 With ``rules=True``, counting and presence questions about detector classes are answered
 without the LLM (see :mod:`agents.rules`), and the trace says so (``mode="rule"``).

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatResult
 from typer.testing import CliRunner
 
 from agents.chat import ScriptedChatModel
+from agents.model_errors import refuses_tool_history
 from agents.planner import CALL_A_TOOL, Planner, model_failure, refuses_forced_choice
 from agents.tools import ExpertToolbox
 from experts.errors import ChatModelError
@@ -48,13 +49,28 @@ class ShapeClassifier:
 
 
 class RefusesForcedChoice(ScriptedChatModel):
-    """llama-cpp-python's OpenAI server: HTTP 500 whenever tool_choice is not "auto"."""
+    """A server refusing every forced tool_choice (HTTP 500), named or not."""
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
         choice = kwargs.get("tool_choice")
         if choice not in (None, "auto", "none"):
             self.tool_choices.append(choice)
             raise FakeHTTPError(500, "Internal Server Error")
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+class LlamaCppServer(ScriptedChatModel):
+    """llama-cpp-python's OpenAI server (chatml-function-calling): HTTP 500 for tool_choice="any" (its
+    "required"), and for any tool call or result in the history (the assistant's null content fails its
+    request validation); a named tool choice is taken."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        if kwargs.get("tool_choice") == "any":
+            self.tool_choices.append("any")
+            raise FakeHTTPError(500, "Internal Server Error")
+        if any(isinstance(m, ToolMessage) or getattr(m, "tool_calls", None) for m in messages):
+            self.calls.append(list(messages))
+            raise FakeHTTPError(500, "7 validation errors:\n  {'type': 'string_type', ...}")
         return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
 
@@ -89,6 +105,58 @@ def test_a_refused_forced_choice_is_retried_with_auto_and_an_instruction():
     assert model.tool_choices == ["any", "auto", None, "auto", None]
 
 
+def test_tool_history_refused_by_the_server_is_sent_again_as_text():
+    """The planner's own first look (a tool call and its result) opens the history; the server refuses it."""
+    model = LlamaCppServer(steps=[ANSWER, ANSWER])
+    planner = Planner(model, ExpertToolbox(classifier=ShapeClassifier()))
+    result = planner.run("img.png", "What shape is in the image?")
+    assert result.answer == "circle" and result.evidence_used == ["classify_few_shot"]
+    assert [s.kind for s in result.trace.steps] == ["tool", "retry", "model"]
+    retry = result.trace.steps[1].content
+    assert retry.startswith("the server refused the tool calls and results in the history (7 validation errors:)")
+    refused, taken = model.calls  # the same conversation, the second time as text in plain roles
+    assert [type(m) for m in refused[2:4]] == [AIMessage, ToolMessage]  # after the system prompt and question
+    assert not any(isinstance(m, ToolMessage) or getattr(m, "tool_calls", None) for m in taken)
+    tool_output = result.trace.steps[0].output
+    assert taken[3].content == f"<tool_response>\n{tool_output}\n</tool_response>"
+    assert '"name": "classify_few_shot"' in taken[2].content  # the call, as the <tool_call> text protocol writes it
+
+    # The planner remembers: the next question's history goes as text at once, no refused request.
+    again = planner.run("img.png", "What shape is in the image?")
+    assert [s.kind for s in again.trace.steps] == ["tool", "model"] and planner.quirks.text_tool_history
+    assert len(model.calls) == 3 and again.answer == "circle"
+
+
+def test_a_refused_any_over_one_tool_names_it_then_the_history_goes_as_text():
+    """``expertbridge ask`` with yolo alone against llama-cpp-python's server: every workaround in one run."""
+    model = LlamaCppServer(steps=[{"tool": "classify_few_shot", "args": {}}, ANSWER])
+    planner = Planner(model, ExpertToolbox(classifier=ShapeClassifier()), call_lone_tool=False)
+    result = planner.run("img.png", "What shape is in the image?")
+    assert result.answer == "circle"
+    assert [s.kind for s in result.trace.steps] == ["retry", "model", "tool", "retry", "model"]
+    assert "asked again with tool_choice='classify_few_shot' (the only tool)" in result.trace.steps[0].content
+    assert model.tool_choices == ["any", "classify_few_shot", None]  # named: no instruction needed
+    assert planner.quirks.refuses_forced_choice and planner.quirks.text_tool_history
+
+
+class Broken(ScriptedChatModel):
+    """A server failing every request (HTTP 500)."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        self.calls.append(list(messages))
+        raise FakeHTTPError(500, "Internal Server Error\nTraceback (most recent call last): ...")
+
+
+def test_a_failure_after_the_text_retry_is_one_clear_line():
+    model = Broken()
+    with pytest.raises(ChatModelError) as info:
+        Planner(model, ExpertToolbox(classifier=ShapeClassifier())).run("img.png", "What shape?")
+    message = str(info.value)
+    assert message.startswith("chat model expertbridge-scripted:scripted failed: HTTP 500 FakeHTTPError: ")
+    assert "\n" not in message and "its log says why" in message
+    assert len(model.calls) == 2  # the history as sent, then once as text: no more
+
+
 def test_an_unreachable_server_is_one_clear_error_and_not_retried():
     model = Unreachable(steps=script())
     planner = Planner(model, ExpertToolbox(classifier=ShapeClassifier()))
@@ -98,6 +166,19 @@ def test_an_unreachable_server_is_one_clear_error_and_not_retried():
     assert "\n" not in message
     assert message.startswith("chat model expertbridge-scripted:scripted failed: FakeConnectError: Connection error.")
     assert "is the server running" in message
+
+
+@pytest.mark.parametrize(
+    ("err", "refusal"),
+    [
+        (FakeHTTPError(500, "7 validation errors:"), True),  # llama-cpp-python's server
+        (FakeHTTPError(400, "bad request"), True),
+        (FakeHTTPError(404, "model not found"), False),
+        (FakeConnectError("Connection error."), False),
+    ],
+)
+def test_what_counts_as_a_refused_history(err, refusal):
+    assert refuses_tool_history(err) is refusal
 
 
 @pytest.mark.parametrize(

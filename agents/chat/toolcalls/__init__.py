@@ -55,7 +55,7 @@ numbered across the whole conversation.
 
 from agents.chat.toolcalls.arguments import conform_arguments
 from agents.chat.toolcalls.choice import choice_is_none, forced_call_schema, forced_choice, tools_for_call
-from agents.chat.toolcalls.messages import message_text, to_chat_dicts, to_prompt_dicts
+from agents.chat.toolcalls.messages import message_text, to_chat_dicts, to_prompt_dicts, to_text_messages
 from agents.chat.toolcalls.parsing import ParsedReply, parse_reply, parse_tool_calls
 from agents.chat.toolcalls.protocol import (
     DEFAULT_TOOL_PROMPT,
@@ -90,4 +90,5 @@ __all__ = [
     "tools_for_call",
     "to_chat_dicts",
     "to_prompt_dicts",
+    "to_text_messages",
 ]

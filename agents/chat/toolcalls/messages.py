@@ -4,6 +4,8 @@
 [{'role': 'user', 'content': 'hi'}]
 >>> to_prompt_dicts([{"role": "tool", "content": "2 dogs"}])
 [{'role': 'user', 'content': '<tool_response>\\n2 dogs\\n</tool_response>'}]
+>>> [m.content for m in to_text_messages([ToolMessage("2 dogs", tool_call_id="call_0")])]
+['<tool_response>\\n2 dogs\\n</tool_response>']
 """
 
 from __future__ import annotations
@@ -136,3 +138,15 @@ def to_prompt_dicts(
         else:
             out.insert(0, {"role": "user", "content": system})
     return out
+
+
+def to_text_messages(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """LangChain messages with tool calls and results as text (the prompt format), in plain
+    system/user/assistant messages: for chat servers that refuse tool messages or cannot render them
+    (llama-cpp-python's OpenAI server rejects an assistant's null content, and its
+    ``chatml-function-calling`` template drops tool results)."""
+    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [
+        kinds[d["role"]](d["content"]) if d["role"] in kinds else ChatMessage(d["content"], role=d["role"])
+        for d in to_prompt_dicts(to_chat_dicts(messages))
+    ]
