@@ -64,13 +64,14 @@ IGNORE_INDEX = -100  # the label value HF causal-LM losses skip
 class BridgeInputs:
     """What :meth:`BridgedLM.build_inputs` returns; ``labels`` is ``None`` without targets.
 
-    ``image_positions[i]`` is the index of the first soft token in row ``i``.
+    ``image_positions[i]`` is the index of the first of the row's ``num_soft_tokens`` soft tokens.
     """
 
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor | None
     image_positions: list[int]
+    num_soft_tokens: int = 0
 
 
 class BridgedLM:
@@ -265,14 +266,43 @@ class BridgedLM:
             attention_mask=torch.tensor(masks, dtype=torch.long, device=self.device),
             labels=torch.tensor(labels, dtype=torch.long, device=self.device) if targets is not None else None,
             image_positions=positions,
+            num_soft_tokens=k,
         )
 
     # ------------------------------------------------------------------ use
     def loss(
-        self, features: torch.Tensor | Sequence[torch.Tensor], prompts: Sequence[str], targets: Sequence[str]
+        self,
+        features: torch.Tensor | Sequence[torch.Tensor],
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        *,
+        answer_token_weight: float = 0.0,
     ) -> torch.Tensor:
-        """Mean cross-entropy over the target tokens (and EOS) of the batch."""
+        """Mean cross-entropy over the target tokens (and EOS) of the batch.
+
+        ``answer_token_weight`` > 0 adds that much of :meth:`answer_token_loss`: supervision at the bridge
+        itself, a path to the answer that does not run back through the whole frozen LM.
+        """
         inputs = self.build_inputs(features, prompts, targets)
+        loss = self._lm_loss(inputs)
+        if answer_token_weight:
+            loss = loss + answer_token_weight * self.answer_token_loss(inputs, targets)
+        return loss
+
+    def answer_token_loss(self, inputs: BridgeInputs, targets: Sequence[str]) -> torch.Tensor:
+        """Cross-entropy of each row's *last* soft token, read through the LM's output head, against the first
+        token of its target: the bridge is asked to put the answer's first word into its output (BLIP-2
+        trains its Q-Former with losses of its own before the LM reads it; this one needs no new weights).
+        With a question-aware bridge that is where an answer computed from image *and* question goes."""
+        head = self.lm.get_output_embeddings() if hasattr(self.lm, "get_output_embeddings") else None
+        if head is None or not inputs.num_soft_tokens:
+            raise ConfigError("the answer-token loss needs an LM with an output head and a bridge with soft tokens")
+        last = inputs.num_soft_tokens - 1
+        soft = torch.stack([inputs.inputs_embeds[i, p + last] for i, p in enumerate(inputs.image_positions)])
+        first = [(self._ids(t) or [self.tokenizer.eos_token_id])[0] for t in targets]
+        return torch.nn.functional.cross_entropy(head(soft).float(), torch.tensor(first, device=soft.device))
+
+    def _lm_loss(self, inputs: BridgeInputs) -> torch.Tensor:
         body, head = self._body_and_head()
         if body is None:
             out = self.lm(

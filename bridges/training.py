@@ -44,6 +44,8 @@ __all__ = ["TrainResult", "evaluate", "peak_rss_mb", "profile_step", "train_brid
 Pair = tuple[torch.Tensor, str, str]
 TRAINER_FILE, OPTIMIZER_FILE = "trainer.json", "optimizer.safetensors"
 CHECKPOINT_VERSION = 1
+#: run settings newer than some checkpoints, and the value those checkpoints were written with
+RUN_ADDED_LATER = {"answer_token_weight": 0.0}
 
 
 @dataclass
@@ -213,7 +215,8 @@ def _load_checkpoint(
     trainer = json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
     if trainer.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"{path}: checkpoint version {trainer.get('version')!r} is not {CHECKPOINT_VERSION}")
-    changed = {k: (trainer["run"].get(k), v) for k, v in run.items() if trainer["run"].get(k) != v}
+    saved = {**RUN_ADDED_LATER, **trainer["run"]}
+    changed = {k: (saved.get(k), v) for k, v in run.items() if saved.get(k) != v}
     if changed:
         raise ConfigError(
             f"resume: {path} was written by a run with different settings {changed} (saved, now); "
@@ -253,8 +256,11 @@ def train_bridge(
     resume: bool = False,
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    answer_token_weight: float = 0.0,
 ) -> TrainResult:
     """Train ``model.bridge`` for ``epochs`` epochs; see the module docstring.
+
+    ``answer_token_weight`` > 0 adds :meth:`BridgedLM.answer_token_loss` to the LM's loss with that weight.
 
     ``on_epoch(record)`` is called after each epoch's checkpoint is written (an exception
     there stops training with the checkpoint safely on disk). ``resume=True`` without a
@@ -285,6 +291,7 @@ def train_bridge(
         "warmup_steps": warmup_steps,
         "seed": seed,
         "num_train": len(train_pairs),
+        "answer_token_weight": answer_token_weight,
     }
 
     result = TrainResult()
@@ -312,7 +319,7 @@ def train_bridge(
             losses = []
             for feats, prompts, targets in _batches(train_pairs, order, batch_size):
                 with ctx:
-                    loss = model.loss(feats, prompts, targets)
+                    loss = model.loss(feats, prompts, targets, answer_token_weight=answer_token_weight)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()

@@ -177,3 +177,38 @@ def test_mlp_bridge_overfits_real_features_into_smollm2(smollm2, efficientnet, h
         assert not any(p.requires_grad for p in lm.parameters())
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_answer_token_loss_teaches_the_last_soft_token_to_read_as_the_answer(tmp_path):
+    """``answer_token_weight``: the last soft token, through the LM's output head, predicts the target's first
+    word; trained with it, it does (without it, it does not), and the plain loss is the LM's own."""
+    pairs = tiny_pairs()
+    feats, prompts, targets = torch.stack([p[0] for p in pairs]), [p[1] for p in pairs], [p[2] for p in pairs]
+
+    def first_words_read_off_the_last_soft_token(model: BridgedLM) -> list[int]:
+        with torch.no_grad():
+            inputs = model.build_inputs(feats, prompts, targets)
+            last = [
+                inputs.inputs_embeds[i, p + inputs.num_soft_tokens - 1] for i, p in enumerate(inputs.image_positions)
+            ]
+            return model.lm.get_output_embeddings()(torch.stack(last)).argmax(-1).tolist()
+
+    wanted = [tiny_model("mlp").tokenizer(t, add_special_tokens=False).input_ids[0] for t in targets]
+    untouched = tiny_model("mlp")
+    with torch.no_grad():
+        plain = untouched.loss(feats, prompts, targets)
+        inputs = untouched.build_inputs(feats, prompts, targets)
+        extra = untouched.answer_token_loss(inputs, targets)
+        both = untouched.loss(feats, prompts, targets, answer_token_weight=0.5)
+    assert torch.allclose(both, plain + 0.5 * extra) and extra > 0
+
+    settings = {**SETTINGS, "epochs": 30, "lr": 3e-2}
+    with_it, without = tiny_model("mlp"), tiny_model("mlp")
+    train_bridge(with_it, pairs, answer_token_weight=1.0, **settings)
+    train_bridge(without, pairs, **settings)
+    assert first_words_read_off_the_last_soft_token(with_it) == wanted
+    assert first_words_read_off_the_last_soft_token(without) != wanted
+    one_epoch = {**SETTINGS, "epochs": 1}
+    train_bridge(tiny_model("mlp"), pairs, checkpoint_dir=tmp_path, answer_token_weight=1.0, **one_epoch)
+    with pytest.raises(ConfigError, match="different settings"):  # a resumed run keeps the weight it started with
+        train_bridge(tiny_model("mlp"), pairs, checkpoint_dir=tmp_path, resume=True, **one_epoch)

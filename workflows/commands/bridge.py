@@ -99,6 +99,13 @@ def train_cmd(
     batch_size: int = 8,
     lr: float = 1e-3,
     warmup_steps: int = 0,
+    answer_token_weight: Annotated[
+        float,
+        typer.Option(
+            help="also train the last soft token to read, through the LM's output head, as the answer's first "
+            "token, with this weight (0: off)"
+        ),
+    ] = 0.0,
     seed: Annotated[
         int, typer.Option(help="seeds the bridge's initial weights, the shuffling and easy-VQA samples")
     ] = 0,
@@ -126,6 +133,8 @@ def train_cmd(
     settings = settings_of(ctx)
     if lora_rank < 0:
         raise ConfigError(f"--lora-rank must be >= 0 (0: no LoRA), got {lora_rank}")
+    if answer_token_weight < 0:
+        raise ConfigError(f"--answer-token-weight must be >= 0 (0: off), got {answer_token_weight}")
     if lora_alpha is not None and not lora_rank:
         raise ConfigError("--lora-alpha needs --lora-rank")
     lora = LoraSettings(lora_rank, lora_alpha) if lora_rank else None
@@ -171,6 +180,7 @@ def train_cmd(
         batch_size=batch_size,
         lr=lr,
         warmup_steps=warmup_steps,
+        answer_token_weight=answer_token_weight,
         seed=seed,
         checkpoint_dir=out / "checkpoints",
         resume=resume,
@@ -203,6 +213,7 @@ def train_cmd(
         "profile": profile,
         "seed": seed,
         "init": str(init) if init else None,
+        "answer_token_weight": answer_token_weight,
     }
     (out / "history.json").write_text(json.dumps(result.history, indent=2))
     (out / "train.json").write_text(json.dumps(summary, indent=2))
