@@ -277,17 +277,22 @@ class BridgedLM:
         targets: Sequence[str],
         *,
         answer_token_weight: float = 0.0,
+        lm_weight: float = 1.0,
     ) -> torch.Tensor:
         """Mean cross-entropy over the target tokens (and EOS) of the batch.
 
         ``answer_token_weight`` > 0 adds that much of :meth:`answer_token_loss`: supervision at the bridge
-        itself, a path to the answer that does not run back through the whole frozen LM.
+        itself, a path to the answer that does not run back through the whole frozen LM. ``lm_weight=0``
+        drops the LM's loss and never runs the LM (BLIP-2's first stage: the bridge learns alone, ~100×
+        cheaper a step); a second stage with the LM's loss then teaches the LM to read it.
         """
+        if not (answer_token_weight or lm_weight):
+            raise ConfigError("loss: answer_token_weight and lm_weight are both 0: nothing to train")
         inputs = self.build_inputs(features, prompts, targets)
-        loss = self._lm_loss(inputs)
+        loss = lm_weight * self._lm_loss(inputs) if lm_weight else 0.0
         if answer_token_weight:
             loss = loss + answer_token_weight * self.answer_token_loss(inputs, targets)
-        return loss
+        return loss  # type: ignore[return-value]
 
     def answer_token_loss(self, inputs: BridgeInputs, targets: Sequence[str]) -> torch.Tensor:
         """Cross-entropy of each row's *last* soft token, read through the LM's output head, against the first

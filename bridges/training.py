@@ -45,7 +45,7 @@ Pair = tuple[torch.Tensor, str, str]
 TRAINER_FILE, OPTIMIZER_FILE = "trainer.json", "optimizer.safetensors"
 CHECKPOINT_VERSION = 1
 #: run settings newer than some checkpoints, and the value those checkpoints were written with
-RUN_ADDED_LATER = {"answer_token_weight": 0.0}
+RUN_ADDED_LATER = {"answer_token_weight": 0.0, "lm_weight": 1.0}
 
 
 @dataclass
@@ -257,10 +257,12 @@ def train_bridge(
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     answer_token_weight: float = 0.0,
+    lm_weight: float = 1.0,
 ) -> TrainResult:
     """Train ``model.bridge`` for ``epochs`` epochs; see the module docstring.
 
-    ``answer_token_weight`` > 0 adds :meth:`BridgedLM.answer_token_loss` to the LM's loss with that weight.
+    ``answer_token_weight`` > 0 adds :meth:`BridgedLM.answer_token_loss` to the LM's loss with that weight;
+    ``lm_weight=0`` trains on that loss alone, without running the LM (:meth:`BridgedLM.loss`).
 
     ``on_epoch(record)`` is called after each epoch's checkpoint is written (an exception
     there stops training with the checkpoint safely on disk). ``resume=True`` without a
@@ -292,6 +294,7 @@ def train_bridge(
         "seed": seed,
         "num_train": len(train_pairs),
         "answer_token_weight": answer_token_weight,
+        "lm_weight": lm_weight,
     }
 
     result = TrainResult()
@@ -319,7 +322,9 @@ def train_bridge(
             losses = []
             for feats, prompts, targets in _batches(train_pairs, order, batch_size):
                 with ctx:
-                    loss = model.loss(feats, prompts, targets, answer_token_weight=answer_token_weight)
+                    loss = model.loss(
+                        feats, prompts, targets, answer_token_weight=answer_token_weight, lm_weight=lm_weight
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()

@@ -416,3 +416,37 @@ def test_profiling_a_training_step_of_a_question_aware_bridge_times_the_bridge_w
     profile = profile_step(model, pairs, repeats=1)
     assert profile["step_s"] > 0 and profile["bridge_s"] > 0 and 0.0 <= profile["lm_share"] <= 1.0
     assert all(p.grad is None for p in model.parameters())  # profiling trains nothing
+
+
+def test_a_product_fused_projector_multiplies_image_and_question_and_saves_its_fusion(tmp_path):
+    bridge = MLPProjector(FEAT_DIM, LM_DIM, num_tokens=2, question_aware=True, question_fusion="product")
+    image, question = features(1), torch.randn(1, 3, LM_DIM)
+    with torch.no_grad():
+        out = bridge(image, question=question)
+        fused = torch.tanh(bridge.fuse_image(image)) * torch.tanh(bridge.fuse_question(question.mean(1)))
+        assert torch.allclose(out, bridge.net(fused).reshape(1, 2, LM_DIM))
+        zero_question = bridge(image, question=torch.zeros_like(question))
+    assert not torch.allclose(out, zero_question)
+    model = tiny_model("mlp", question_aware=True, question_fusion="product")
+    loaded = BridgedLM.load(model.save(tmp_path / "bridge"), model.lm, model.tokenizer)
+    assert loaded.bridge.config["question_fusion"] == "product"
+    assert "question_fusion" not in tiny_model("mlp", question_aware=True).bridge.config
+    for bad in ({"question_fusion": "sum", "question_aware": True}, {"question_fusion": "product"}):
+        with pytest.raises(ConfigError, match="question_fusion"):
+            MLPProjector(FEAT_DIM, LM_DIM, **bad)
+
+
+def test_without_the_lm_loss_the_lm_never_runs_and_the_loss_is_the_answer_token_loss():
+    model = tiny_model("mlp")
+    feats, prompts, targets = features(2), [PROMPT] * 2, ["an ant", "a bee"]
+    calls = []
+    model.lm.register_forward_hook(lambda *_: calls.append(1))
+    model.lm.model.register_forward_hook(lambda *_: calls.append(1))
+    loss = model.loss(feats, prompts, targets, answer_token_weight=1.0, lm_weight=0.0)
+    assert calls == []
+    inputs = model.build_inputs(feats, prompts, targets)
+    assert torch.allclose(loss, model.answer_token_loss(inputs, targets))
+    model.loss(feats, prompts, targets)
+    assert calls  # the LM's loss runs the LM
+    with pytest.raises(ConfigError, match="nothing to train"):
+        model.loss(feats, prompts, targets, lm_weight=0.0)

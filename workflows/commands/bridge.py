@@ -106,6 +106,16 @@ def train_cmd(
             "token, with this weight (0: off)"
         ),
     ] = 0.0,
+    lm_weight: Annotated[
+        float,
+        typer.Option(
+            help="weight of the LM's own loss; 0 with --answer-token-weight trains the bridge alone, without "
+            "running the LM (BLIP-2's stage 1; then a stage 2 with --init)"
+        ),
+    ] = 1.0,
+    question_fusion: Annotated[
+        str, typer.Option(help="--question-aware linear/mlp: concat (the question beside the image) or product (MLB)")
+    ] = "concat",
     seed: Annotated[
         int, typer.Option(help="seeds the bridge's initial weights, the shuffling and easy-VQA samples")
     ] = 0,
@@ -133,8 +143,8 @@ def train_cmd(
     settings = settings_of(ctx)
     if lora_rank < 0:
         raise ConfigError(f"--lora-rank must be >= 0 (0: no LoRA), got {lora_rank}")
-    if answer_token_weight < 0:
-        raise ConfigError(f"--answer-token-weight must be >= 0 (0: off), got {answer_token_weight}")
+    if answer_token_weight < 0 or lm_weight < 0 or not (answer_token_weight or lm_weight):
+        raise ConfigError("--answer-token-weight and --lm-weight must be >= 0, and not both 0")
     if lora_alpha is not None and not lora_rank:
         raise ConfigError("--lora-alpha needs --lora-rank")
     lora = LoraSettings(lora_rank, lora_alpha) if lora_rank else None
@@ -150,6 +160,14 @@ def train_cmd(
         if kind != "query" and features != "pooled":
             raise ConfigError("--question-aware applies to --kind query, or linear/mlp on pooled features")
         size["question_aware"] = True
+        if question_fusion != "concat":
+            if kind == "query":
+                raise ConfigError(
+                    "--question-fusion applies to --kind linear/mlp (a query bridge attends to the question)"
+                )
+            size["question_fusion"] = question_fusion
+    elif question_fusion != "concat":
+        raise ConfigError("--question-fusion needs --question-aware")
     if hidden_dim is not None:
         size["hidden_dim"] = hidden_dim
     options = dict(settings.expert_kwargs(expert))
@@ -181,6 +199,7 @@ def train_cmd(
         lr=lr,
         warmup_steps=warmup_steps,
         answer_token_weight=answer_token_weight,
+        lm_weight=lm_weight,
         seed=seed,
         checkpoint_dir=out / "checkpoints",
         resume=resume,
@@ -214,6 +233,7 @@ def train_cmd(
         "seed": seed,
         "init": str(init) if init else None,
         "answer_token_weight": answer_token_weight,
+        "lm_weight": lm_weight,
     }
     (out / "history.json").write_text(json.dumps(result.history, indent=2))
     (out / "train.json").write_text(json.dumps(summary, indent=2))
