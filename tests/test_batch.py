@@ -795,7 +795,9 @@ def test_worker_sigkilled_mid_chunk_the_chunk_is_redelivered_and_every_item_coun
     os.kill(child, signal.SIGKILL)
     killed_at = time.time()
 
-    st = jobs.wait(job, timeout=90, poll=0.1)
+    # generous: a fresh pool process imports torch and loads the model again (seen: over 90 s on 2 cores
+    # busy with other jobs); what the test pins is the redelivery (< 60 s below), not the speed
+    st = jobs.wait(job, timeout=240, poll=0.1)
     chunks = jobs.chunks(job)
     redelivered_after = chunks[0]["last_started_at"] - killed_at
     print(
