@@ -41,6 +41,7 @@ from torch import nn
 from experts.errors import ConfigError
 
 from . import saved
+from .lm_loss import IGNORE_INDEX, lm_loss
 from .lora import LoraSettings, apply_lora, lora_parameters, lora_settings_of
 from .padding import pad_features
 from .saved import CONFIG_FILE, FORMAT_VERSION, LORA_FILE, WEIGHTS_FILE, read_config
@@ -56,8 +57,6 @@ __all__ = [
     "pad_features",
     "read_config",
 ]
-
-IGNORE_INDEX = -100  # the label value HF causal-LM losses skip
 
 
 @dataclass
@@ -289,7 +288,11 @@ class BridgedLM:
         if not (answer_token_weight or lm_weight):
             raise ConfigError("loss: answer_token_weight and lm_weight are both 0: nothing to train")
         inputs = self.build_inputs(features, prompts, targets)
-        loss = lm_weight * self._lm_loss(inputs) if lm_weight else 0.0
+        loss = (
+            lm_weight * lm_loss(self.lm, inputs.inputs_embeds, inputs.attention_mask, inputs.labels)
+            if lm_weight
+            else 0.0
+        )
         if answer_token_weight:
             loss = loss + answer_token_weight * self.answer_token_loss(inputs, targets)
         return loss  # type: ignore[return-value]
@@ -306,33 +309,6 @@ class BridgedLM:
         soft = torch.stack([inputs.inputs_embeds[i, p + last] for i, p in enumerate(inputs.image_positions)])
         first = [(self._ids(t) or [self.tokenizer.eos_token_id])[0] for t in targets]
         return torch.nn.functional.cross_entropy(head(soft).float(), torch.tensor(first, device=soft.device))
-
-    def _lm_loss(self, inputs: BridgeInputs) -> torch.Tensor:
-        body, head = self._body_and_head()
-        if body is None:
-            out = self.lm(
-                inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, labels=inputs.labels
-            )
-            return out.loss
-        # Logits only where a label is: a VQA answer is 2 of ~20 positions, and the LM head (49k × 576 for
-        # SmolLM2) is a fifth of the model. Same value as the LM's own shifted, mean-reduced loss.
-        hidden = body(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask).last_hidden_state
-        labels = inputs.labels[:, 1:]
-        keep = labels != IGNORE_INDEX
-        logits = head(hidden[:, :-1][keep]).float()
-        return torch.nn.functional.cross_entropy(logits, labels[keep])
-
-    def _body_and_head(self) -> tuple[Any, Any]:
-        """The decoder stack and the output head when the LM is the usual ``body → lm_head`` pair, else Nones."""
-        config = getattr(self.lm, "config", None)
-        if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-            return None, None  # the head is more than a linear map: let the LM compute its own loss
-        prefix = getattr(self.lm, "base_model_prefix", "")
-        body = getattr(self.lm, prefix, None) if prefix else None
-        head = self.lm.get_output_embeddings() if hasattr(self.lm, "get_output_embeddings") else None
-        if body is None or head is None or body is self.lm:
-            return None, None
-        return body, head
 
     @torch.no_grad()
     def generate(

@@ -12,6 +12,7 @@ import torch
 from test_bridges import FEAT_DIM, PROMPT, tiny_model
 
 from bridges.bridged_lm import BridgedLM, pad_features
+from bridges.lm_loss import body_and_head
 from bridges.query import QueryBridge, sincos_2d
 from experts.errors import ConfigError
 from workflows.bridging import VQAEval
@@ -116,7 +117,7 @@ def test_target_only_logits_give_the_lms_own_loss(add_bos):
     inputs = model.build_inputs(feats, prompts, targets)
     reference = model.lm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, labels=inputs.labels)
     torch.testing.assert_close(model.loss(feats, prompts, targets), reference.loss, atol=1e-5, rtol=1e-5)
-    assert model._body_and_head()[0] is model.lm.model
+    assert body_and_head(model.lm)[0] is model.lm.model
 
 
 def test_generate_cuts_answers_at_a_stop_string(monkeypatch):
