@@ -85,12 +85,20 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def profile_step(model: BridgedLM, pairs: Sequence[Pair], *, repeats: int = 3) -> dict[str, float]:
+def profile_step(
+    model: BridgedLM,
+    pairs: Sequence[Pair],
+    *,
+    repeats: int = 3,
+    answer_token_weight: float = 0.0,
+    lm_weight: float = 1.0,
+) -> dict[str, float]:
     """Where a training step's time goes: the whole step vs the bridge alone, on the first batch of ``pairs``.
 
-    ``step_s``: forward + backward through the frozen LM and the bridge; ``bridge_s``: the bridge's own
-    forward + backward (a stand-in loss on its output); ``lm_share`` = 1 - bridge_s / step_s. Medians
-    of ``repeats``; gradients are discarded (no optimizer step).
+    ``step_s``: forward + backward of the training loss (the same weights as the run: with ``lm_weight=0``
+    the LM's head only, the decoder never runs); ``bridge_s``: the bridge's own forward + backward (a
+    stand-in loss on its output); ``lm_share`` = 1 - bridge_s / step_s. Medians of ``repeats``; gradients
+    are discarded (no optimizer step).
 
     >>> # profile_step(model, pairs[:32])  ->  {"step_s": 1.9, "bridge_s": 0.02, "lm_share": 0.99}
     """
@@ -103,7 +111,7 @@ def profile_step(model: BridgedLM, pairs: Sequence[Pair], *, repeats: int = 3) -
     try:
         for _ in range(repeats):
             t0 = time.perf_counter()
-            model.loss(feats, prompts, targets).backward()
+            model.loss(feats, prompts, targets, answer_token_weight=answer_token_weight, lm_weight=lm_weight).backward()
             step.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             model.soft_tokens(feats, model.question_inputs(prompts)).float().square().mean().backward()

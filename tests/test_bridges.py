@@ -418,6 +418,24 @@ def test_profiling_a_training_step_of_a_question_aware_bridge_times_the_bridge_w
     assert all(p.grad is None for p in model.parameters())  # profiling trains nothing
 
 
+def test_profiling_a_first_stage_step_never_runs_the_lm_decoder():
+    from bridges.lm_loss import body_and_head
+    from bridges.training import profile_step
+
+    model = tiny_model("mlp")
+    pairs = [(features(2)[i], PROMPT, t) for i, t in enumerate(["an ant", "a bee"])]
+    body = body_and_head(model.lm)[0] or model.lm
+    calls = []
+    hook = body.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        profile_step(model, pairs, repeats=1, answer_token_weight=1.0, lm_weight=0.0)  # the run's own loss
+        assert calls == []
+        profile_step(model, pairs, repeats=1)  # the default: the LM's loss
+        assert calls == [1]
+    finally:
+        hook.remove()
+
+
 def test_a_product_fused_projector_multiplies_image_and_question_and_saves_its_fusion(tmp_path):
     bridge = MLPProjector(FEAT_DIM, LM_DIM, num_tokens=2, question_aware=True, question_fusion="product")
     image, question = features(1), torch.randn(1, 3, LM_DIM)

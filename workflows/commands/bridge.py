@@ -207,7 +207,12 @@ def train_cmd(
     )
     seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
     job.save(out)
-    profile = profile_step(job.model, job.training_pairs(train_pairs[:batch_size]))
+    profile = profile_step(
+        job.model,
+        job.training_pairs(train_pairs[:batch_size]),
+        answer_token_weight=answer_token_weight,
+        lm_weight=lm_weight,
+    )
     first, last = result.history[0], result.history[-1]
     steps = sum(r["steps"] for r in result.history)
     train_seconds = sum(r["seconds"] for r in result.history)
@@ -242,6 +247,7 @@ def train_cmd(
         + (f", val {last['val_loss']:.3f}" if last.get("val_loss") is not None else "")
         + (f"; left out {len(job.dropped)} unreadable images" if job.dropped else "")
         + f"; {summary['steps_per_s']} steps/s, {profile['lm_share']:.0%} of a step in the frozen LM"
+        + (" (its output head only)" if not lm_weight else "")
         + f"; saved to {markup(out)}/"
     )
 
