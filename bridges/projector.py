@@ -22,6 +22,11 @@ whether the image's colour matches the asked one is a comparison the frozen LM d
 colour asked the colour seen?") is a product of the two, which a concatenation feeds to the net only
 as a sum; trained directly on easy-VQA answers, the product learnt presence where concatenation did not.
 
+``question_norm=True`` layer-normalizes the pooled question (no parameters) before it is fused: the LM's
+embedding scale then no longer sets how loud the question is. Qwen2.5's embeddings are ~6× smaller than
+SmolLM2's (a question's mean embedding has norm 0.23 vs 1.36), and a product-fused bridge into Qwen
+trained for 8 epochs never learnt the yes/no questions (they stayed at chance) while SmolLM2's did.
+
 >>> import torch
 >>> MLPProjector(16, 32, num_tokens=4)(torch.randn(2, 16)).shape
 torch.Size([2, 4, 32])
@@ -62,6 +67,7 @@ class _Projector(nn.Module):
         num_tokens: int = 1,
         question_aware: bool = False,
         question_fusion: str = "concat",
+        question_norm: bool = False,
     ):
         super().__init__()
         self.in_dim = _check_positive("in_dim", in_dim)
@@ -71,6 +77,9 @@ class _Projector(nn.Module):
         if question_fusion not in FUSIONS or (question_fusion != "concat" and not question_aware):
             raise ConfigError(f"question_fusion must be one of {FUSIONS} (not concat: question-aware only)")
         self.question_fusion = question_fusion
+        if question_norm and not question_aware:
+            raise ConfigError("question_norm applies to question-aware projectors only")
+        self.question_norm = bool(question_norm)
         if question_fusion == "product":
             self.fuse_image = nn.Linear(self.in_dim, self.lm_dim)
             self.fuse_question = nn.Linear(self.lm_dim, self.lm_dim)
@@ -127,9 +136,11 @@ class _Projector(nn.Module):
             )
         question = question.to(features.dtype)
         if mask is None:
-            return question.mean(dim=1)
-        weights = mask.to(features.dtype).unsqueeze(-1)
-        return (question * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            pooled = question.mean(dim=1)
+        else:
+            weights = mask.to(features.dtype).unsqueeze(-1)
+            pooled = (question * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return nn.functional.layer_norm(pooled, (self.lm_dim,)) if self.question_norm else pooled
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -142,6 +153,8 @@ class _Projector(nn.Module):
             config["question_aware"] = True
         if self.question_fusion != "concat":
             config["question_fusion"] = self.question_fusion
+        if self.question_norm:
+            config["question_norm"] = True
         return config
 
 
@@ -161,8 +174,9 @@ class LinearProjector(_Projector):
         num_tokens: int = 1,
         question_aware: bool = False,
         question_fusion: str = "concat",
+        question_norm: bool = False,
     ):
-        super().__init__(in_dim, lm_dim, num_tokens, question_aware, question_fusion)
+        super().__init__(in_dim, lm_dim, num_tokens, question_aware, question_fusion, question_norm)
         self.net = nn.Linear(self.net_in_dim, self.num_tokens * self.lm_dim)
 
 
@@ -183,8 +197,9 @@ class MLPProjector(_Projector):
         hidden_dim: int | None = None,
         question_aware: bool = False,
         question_fusion: str = "concat",
+        question_norm: bool = False,
     ):
-        super().__init__(in_dim, lm_dim, num_tokens, question_aware, question_fusion)
+        super().__init__(in_dim, lm_dim, num_tokens, question_aware, question_fusion, question_norm)
         self.hidden_dim = _check_positive("hidden_dim", hidden_dim if hidden_dim is not None else self.lm_dim)
         self.net = nn.Sequential(
             nn.Linear(self.net_in_dim, self.hidden_dim),

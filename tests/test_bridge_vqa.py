@@ -229,6 +229,9 @@ def test_real_bridge_learns_its_training_questions_and_is_scored_on_held_out_one
     [
         (["--kind", "mlp", "--features", "patches", "--question-aware"], "--question-aware"),
         (["--kind", "mlp", "--pos-2d"], "--pos-2d"),
+        (["--kind", "mlp", "--question-fusion", "product"], "--question-fusion"),
+        (["--kind", "mlp", "--question-norm"], "--question-norm"),
+        (["--kind", "query", "--question-aware", "--question-norm"], "--question-norm"),
     ],
 )
 def test_bridge_options_for_another_kind_are_a_usage_error(tmp_path, monkeypatch, flags, message):

@@ -454,6 +454,21 @@ def test_a_product_fused_projector_multiplies_image_and_question_and_saves_its_f
             MLPProjector(FEAT_DIM, LM_DIM, **bad)
 
 
+def test_a_normalized_question_ignores_the_lm_embedding_scale_and_is_saved(tmp_path):
+    normed = MLPProjector(FEAT_DIM, LM_DIM, question_aware=True, question_fusion="product", question_norm=True)
+    plain = MLPProjector(FEAT_DIM, LM_DIM, question_aware=True, question_fusion="product")
+    plain.load_state_dict(normed.state_dict())  # no parameters of its own: old bridges load as before
+    image, question = features(2), torch.randn(2, 3, LM_DIM)
+    with torch.no_grad():
+        assert torch.allclose(normed(image, question=question), normed(image, question=question / 6), atol=1e-4)
+        assert not torch.allclose(plain(image, question=question), plain(image, question=question / 6), atol=1e-3)
+    assert normed.config["question_norm"] is True and "question_norm" not in plain.config
+    model = tiny_model("mlp", question_aware=True, question_fusion="product", question_norm=True)
+    assert BridgedLM.load(model.save(tmp_path / "bridge"), model.lm, model.tokenizer).bridge.question_norm
+    with pytest.raises(ConfigError, match="question_norm"):
+        MLPProjector(FEAT_DIM, LM_DIM, question_norm=True)
+
+
 def test_without_the_lm_loss_the_lm_never_runs_and_the_loss_is_the_answer_token_loss():
     model = tiny_model("mlp")
     feats, prompts, targets = features(2), [PROMPT] * 2, ["an ant", "a bee"]

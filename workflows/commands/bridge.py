@@ -116,6 +116,13 @@ def train_cmd(
     question_fusion: Annotated[
         str, typer.Option(help="--question-aware linear/mlp: concat (the question beside the image) or product (MLB)")
     ] = "concat",
+    question_norm: Annotated[
+        bool,
+        typer.Option(
+            help="--question-aware linear/mlp: layer-normalize the pooled question, so the LM's embedding scale "
+            "does not set its weight (Qwen2.5's embeddings are ~6x smaller than SmolLM2's)"
+        ),
+    ] = False,
     seed: Annotated[
         int, typer.Option(help="seeds the bridge's initial weights, the shuffling and easy-VQA samples")
     ] = 0,
@@ -166,8 +173,12 @@ def train_cmd(
                     "--question-fusion applies to --kind linear/mlp (a query bridge attends to the question)"
                 )
             size["question_fusion"] = question_fusion
-    elif question_fusion != "concat":
-        raise ConfigError("--question-fusion needs --question-aware")
+        if question_norm:
+            if kind == "query":
+                raise ConfigError("--question-norm applies to --kind linear/mlp")
+            size["question_norm"] = True
+    elif question_fusion != "concat" or question_norm:
+        raise ConfigError("--question-fusion and --question-norm need --question-aware")
     if hidden_dim is not None:
         size["hidden_dim"] = hidden_dim
     options = dict(settings.expert_kwargs(expert))
