@@ -23,9 +23,9 @@ colour asked the colour seen?") is a product of the two, which a concatenation f
 as a sum; trained directly on easy-VQA answers, the product learnt presence where concatenation did not.
 
 ``question_norm=True`` layer-normalizes the pooled question (no parameters) before it is fused: the LM's
-embedding scale then no longer sets how loud the question is. Qwen2.5's embeddings are ~6× smaller than
-SmolLM2's (a question's mean embedding has norm 0.23 vs 1.36), and a product-fused bridge into Qwen
-trained for 8 epochs never learnt the yes/no questions (they stayed at chance) while SmolLM2's did.
+embedding scale then no longer sets how loud the question is (Qwen2.5's embeddings are ~6× smaller than
+SmolLM2's: a question's mean embedding has norm 0.23 vs 1.36). Without it, a product-fused bridge sits
+at chance on yes/no questions for epochs before it learns them (see the README's bridge section).
 
 >>> import torch
 >>> MLPProjector(16, 32, num_tokens=4)(torch.randn(2, 16)).shape
