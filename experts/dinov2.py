@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
 
 from experts.base import FeatureExpert
 from experts.checkpoints import apply_state_dict, read_state_dict
@@ -79,14 +78,7 @@ class Dinov2Expert(FeatureExpert):
         if self.weights.kind == "tag" and self.weights.value != "pretrained":
             # torch.hub's dinov2 entry points know one pretrained checkpoint per arch; any other tag is a typo
             raise ConfigError(f"dinov2: unknown weights tag {self.weights.value!r}; use 'pretrained', a path or None")
-        self._transform = transforms.Compose(
-            [
-                transforms.Resize(image_size * 256 // 224, interpolation=transforms.InterpolationMode.BICUBIC),
-                transforms.CenterCrop(image_size),
-                transforms.ToTensor(),
-                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ]
-        )
+        self._transform = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -94,6 +86,20 @@ class Dinov2Expert(FeatureExpert):
 
     @property
     def transform(self):
+        # built on first use: importing torchvision imports torch._dynamo (~1 s), and every expert module is
+        # imported to resolve any expert name, so a top-level import slowed every command that names an expert
+        if self._transform is None:
+            from torchvision import transforms
+
+            size = self.image_size
+            self._transform = transforms.Compose(
+                [
+                    transforms.Resize(size * 256 // 224, interpolation=transforms.InterpolationMode.BICUBIC),
+                    transforms.CenterCrop(size),
+                    transforms.ToTensor(),
+                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+                ]
+            )
         return self._transform
 
     def _hub_source(self) -> tuple[str, str]:

@@ -15,7 +15,7 @@ import torch
 from conftest import DTD10_SHOTS, DTD10_VIEWS, FewShotFeatures, dtd10_features
 
 from cache.adapter import AdaptiveCache
-from cache.linear import LINEAR_CS
+from cache.linear import LINEAR_CS, anchor_scale, fit_anchored_path, fit_linear_path, search_linear
 from cache.search import (
     DEFAULT_BETAS,
     GDA_ALPHAS,
@@ -204,7 +204,8 @@ def test_linear_head_uses_every_view_as_a_sample_and_chooses_c_on_validation(dtd
     clf = dtd.classifier("linear", efficientnet)
     searched = clf.report["search"]
     assert searched["cs"]["points"] == len(LINEAR_CS)
-    assert searched["linear_samples"] in ("plain", "views")  # 4 shots: never standardized
+    # 4 shots: never standardized; regularized toward zero or toward the centroid classifier (anchored)
+    assert searched["linear_samples"] in ("plain", "views", "plain+anchored", "views+anchored")
     assert searched["standardize_searched"] == [False]
     assert dtd.test_accuracy(clf) > 0.55
 
@@ -216,3 +217,58 @@ def test_linear_head_offers_standardization_only_from_eight_shots_per_class(dtd,
     clf = FewShotClassifier([efficientnet], method="linear", augment_views=1)
     clf.fit_features(eight, dtd.labels.repeat(VIEWS), dtd.val, dtd.val_labels, classnames=dtd.classnames)
     assert clf.report["search"]["standardize_searched"] == [False, True]
+
+
+def _centroid_predictions(features: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    means = torch.stack([features[labels == k].mean(0) for k in range(int(labels.max()) + 1)])
+    return (queries @ torch.nn.functional.normalize(means, dim=-1).T).argmax(-1)
+
+
+def test_the_anchored_linear_head_runs_from_the_centroid_at_small_c_to_the_plain_probe_at_large_c(dtd):
+    """Catches an anchor that is not the class means (or is dropped): its smallest C must predict as the
+    nearest centroid does, its largest as the unanchored probe does, on real DTD-10 features."""
+    x = torch.nn.functional.normalize(dtd.views["timm"][0].float(), dim=-1)
+    test = torch.nn.functional.normalize(dtd.test["timm"].float(), dim=-1)
+    anchored = fit_anchored_path(x, dtd.labels, 10, cs=(1e-4, 1e4))
+    plain = fit_linear_path(x, dtd.labels, 10, cs=(1e-4, 1e4))
+    centroid = _centroid_predictions(x, dtd.labels, test)
+    small, large = (h.logits(test).argmax(-1) for h in anchored)
+    assert (small == centroid).float().mean() == 1.0
+    agree_plain = (large == plain[1].logits(test).argmax(-1)).float().mean()
+    assert agree_plain > 0.95 and agree_plain > (large == centroid).float().mean()
+
+
+def test_the_anchor_scale_scores_each_sample_against_its_class_mean_without_itself(dtd):
+    """Catches a scale fitted with each sample inside its own class mean: every sample then looks easy and
+    the scale runs to its bound (checked against leave-one-out cosines written out by hand)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    x = torch.nn.functional.normalize(dtd.views["timm"][0].double(), dim=-1).numpy()
+    y = dtd.labels.numpy()
+    cosines = np.zeros((len(y), 10))
+    for i in range(len(y)):
+        for k in range(10):
+            members = (y == k) & (np.arange(len(y)) != i)
+            mean = x[members].sum(0)
+            cosines[i, k] = x[i] @ mean / np.linalg.norm(mean)
+
+    def loss(tau: float) -> float:
+        return -float(log_softmax(tau * cosines, axis=1)[np.arange(len(y)), y].sum())
+
+    expected = minimize_scalar(loss, bounds=(0.0, 100.0), method="bounded").x
+    assert anchor_scale(x, y, 10) == pytest.approx(expected, rel=1e-3)
+    assert 1.0 < expected < 90.0  # a scale inside the bounds: the samples are not trivially separable
+
+
+def test_with_too_few_validation_images_to_choose_the_linear_head_falls_back_to_the_centroid(dtd):
+    """Catches the anchored paths losing their place first in the search: when every candidate ties on
+    validation (2 images), the choice is the anchored head at the smallest C, the nearest centroid."""
+    x = torch.nn.functional.normalize(dtd.views["timm"][0].float(), dim=-1)
+    val = torch.nn.functional.normalize(dtd.val["timm"].float(), dim=-1)
+    centroid = _centroid_predictions(x, dtd.labels, val)
+    right = (centroid == dtd.val_labels).nonzero().flatten()[:2]  # two images every head gets right
+    head, choice, acc = search_linear({"plain": (x, dtd.labels)}, 10, val[right], dtd.val_labels[right])
+    assert choice == {"samples": "plain+anchored", "C": min(LINEAR_CS)} and acc == 1.0
+    test = torch.nn.functional.normalize(dtd.test["timm"].float(), dim=-1)
+    assert torch.equal(head.logits(test).argmax(-1), _centroid_predictions(x, dtd.labels, test))

@@ -7,7 +7,8 @@ the same validation split (what a user gets from a few lines of scikit-learn).
 Every image's features are extracted once for the whole sweep (:class:`FeatureBank`:
 the plain features of every image, and the augmented views of every image that is
 ever in a support set), then each (shots, seed, method) run fits and scores on rows
-of those matrices. Through the store, a re-run encodes nothing. Hyper-parameters
+of those matrices. Through the store, a re-run encodes nothing; with a sweep memo
+(:mod:`workflows.sweep_memo`, what ``fewshot eval`` uses) it fits nothing either. Hyper-parameters
 are chosen on each run's validation split; the test split is only scored.
 """
 
@@ -26,6 +27,7 @@ from experts.clip import ClipExpert
 from workflows.datasets import LabelledImages, few_shot_splits
 from workflows.fewshot import AUTO_CANDIDATES, FewShotClassifier, nearest_centroid_accuracy, view_inputs
 from workflows.progress import Progress
+from workflows.sweep_memo import SweepMemo
 
 BASELINE = "centroid"
 LOGREG = "logreg"
@@ -189,10 +191,13 @@ def run_sweep(
     prompts: Mapping[str, Sequence[str]] | None = None,
     on_run: Callable[[dict], None] | None = None,
     progress: bool = False,
+    memo: SweepMemo | None = None,
 ) -> SweepResult:
     """Fit and score every method for every shot count and seed, on features extracted once.
 
     ``progress=True`` shows feature extraction and the runs on stderr (a bar on a terminal, plain lines otherwise).
+    With a ``memo``, a (run, method) whose features, settings and fitting code are unchanged since it was
+    last fitted is read back instead of fitted again (:mod:`workflows.sweep_memo`).
     """
     if clip is not None and "zero-shot" not in methods:
         methods = ("zero-shot", *methods)
@@ -231,51 +236,114 @@ def run_sweep(
             views, labels = bank.support(support)
             val_feats, val_labels, _ = bank.split(val)
             test_feats, test_labels, test_failed = bank.split(test)
+            key = _run_key(
+                memo,
+                result.setup,
+                k,
+                seed,
+                support.classnames,
+                views,
+                labels,
+                val_feats,
+                val_labels,
+                test_feats,
+                test_labels,
+                test_failed,
+                epochs=epochs,
+                prompts=prompts,
+            )
             auto: FewShotClassifier | None = None
             for method in methods:
-                if auto is None and "auto" in methods and method in AUTO_CANDIDATES:
-                    # auto fits every candidate with its own validation search: fit it once, score its parts
-                    auto = classifier("auto", seed).fit_features(
-                        views, labels, val_feats, val_labels, classnames=support.classnames
-                    )
-                if method == "auto" and auto is not None:
-                    clf = auto
-                elif auto is not None and auto.report.get("auto") and method in AUTO_CANDIDATES and kept_all(auto):
-                    clf = auto.as_method(method)  # the same fit and validation search as fitting it alone
-                else:
-                    clf = classifier(method, seed)
-                    clf.fit_features(views, labels, val_feats, val_labels, classnames=support.classnames)
-                    auto = clf if method == "auto" else auto
-                scored = clf.evaluate_features(test_feats, test_labels, failed=test_failed)
-                row = {
-                    "method": method,
-                    "shots": k,
-                    "seed": seed,
-                    "accuracy": scored["accuracy"],
-                    "val_accuracy": clf.report.get("search", {}).get("val_accuracy"),
-                    "params": clf.report["params"],
-                    "support": len(labels),
-                    "validation": len(val_labels),
-                    "test": scored["evaluated"],
-                }
+                entry = memo.get(key, method) if memo is not None else None
+                if entry is None:
+                    if auto is None and "auto" in methods and method in AUTO_CANDIDATES:
+                        # auto fits every candidate with its own validation search: fit it once, score its parts
+                        auto = classifier("auto", seed).fit_features(
+                            views, labels, val_feats, val_labels, classnames=support.classnames
+                        )
+                    if method == "auto" and auto is not None:
+                        clf = auto
+                    elif auto is not None and auto.report.get("auto") and method in AUTO_CANDIDATES and kept_all(auto):
+                        clf = auto.as_method(method)  # the same fit and validation search as fitting it alone
+                    else:
+                        clf = classifier(method, seed)
+                        clf.fit_features(views, labels, val_feats, val_labels, classnames=support.classnames)
+                        auto = clf if method == "auto" else auto
+                    scored = clf.evaluate_features(test_feats, test_labels, failed=test_failed)
+                    row = {
+                        "method": method,
+                        "shots": k,
+                        "seed": seed,
+                        "accuracy": scored["accuracy"],
+                        "val_accuracy": clf.report.get("search", {}).get("val_accuracy"),
+                        "params": clf.report["params"],
+                        "support": len(labels),
+                        "validation": len(val_labels),
+                        "test": scored["evaluated"],
+                    }
+                    entry = {"row": row, "scored": scored}
+                    if memo is not None:
+                        memo.put(key, method, entry)
+                row, scored = entry["row"], entry["scored"]
                 result.rows.append(row)
                 result.confusions[method] = {"shots": k, "seed": seed, **scored}
                 bar.advance(note=f"{method} {k}-shot seed {seed}: {scored['accuracy']:.1%}")
                 if on_run:
                     on_run(row)
-            plain = {n: v[0] for n, v in views.items()}
-            scores = {
-                BASELINE: (nearest_centroid_accuracy(plain, labels, test_feats, test_labels), {}),
-                LOGREG: logistic_regression_accuracy(views, labels, val_feats, val_labels, test_feats, test_labels),
-            }
-            for name, (acc, params) in scores.items():
-                row = {"method": name, "shots": k, "seed": seed, "accuracy": acc, "params": params}
-                row["support"] = len(labels)
+            for name in BASELINES:
+                row = memo.get(key, name) if memo is not None else None
+                if row is None:
+                    if name == BASELINE:
+                        plain = {n: v[0] for n, v in views.items()}
+                        acc, params = nearest_centroid_accuracy(plain, labels, test_feats, test_labels), {}
+                    else:
+                        acc, params = logistic_regression_accuracy(
+                            views, labels, val_feats, val_labels, test_feats, test_labels
+                        )
+                    row = {"method": name, "shots": k, "seed": seed, "accuracy": acc, "params": params}
+                    row["support"] = len(labels)
+                    if memo is not None:
+                        memo.put(key, name, row)
                 result.rows.append(row)
-                bar.advance(note=f"{name} {k}-shot seed {seed}: {acc:.1%}")
+                bar.advance(note=f"{name} {k}-shot seed {seed}: {row['accuracy']:.1%}")
                 if on_run:
                     on_run(row)
+    if memo is not None:
+        result.setup["remembered_runs"] = memo.hits
     return result
+
+
+def _run_key(
+    memo: SweepMemo | None,
+    setup: Mapping,
+    shots: int,
+    seed: int,
+    classnames: Sequence[str],
+    views: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    val_feats: Mapping[str, torch.Tensor],
+    val_labels: torch.Tensor,
+    test_feats: Mapping[str, torch.Tensor],
+    test_labels: torch.Tensor,
+    test_failed: int,
+    **options,
+) -> str:
+    """The memo's key of one (shots, seed) run: its settings and every array its fits and scores read."""
+    if memo is None:
+        return ""
+    settings = {
+        "shots": shots,
+        "seed": seed,
+        "experts": setup["experts"],  # names, architectures and weights, CLIP included
+        "branches": list(views),
+        "classnames": list(classnames),
+        "test_failed": test_failed,
+        **options,
+    }
+    arrays: dict[str, torch.Tensor] = {"labels": labels, "val_labels": val_labels, "test_labels": test_labels}
+    for prefix, feats in (("views", views), ("val", val_feats), ("test", test_feats)):
+        arrays.update({f"{prefix}/{n}": f for n, f in feats.items()})
+    return memo.run_key(settings, arrays)
 
 
 def kept_all(clf: FewShotClassifier) -> bool:

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
 
 from cache.store import FeatureStore
 from experts import Expert, ItemResult
@@ -43,10 +42,22 @@ def augmentation(view: int, seed: int = 0) -> Callable[[Image.Image, str], Image
     """
     if view == 0:
         return lambda image, sha256: image
-    crop = transforms.RandomResizedCrop(224, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC)
-    flip = transforms.RandomHorizontalFlip(0.5)
+    ops: list = []  # the crop and the flip, built on the first image that needs them
 
     def apply(image: Image.Image, sha256: str) -> Image.Image:
+        if not ops:
+            # not at import time: importing torchvision imports torch._dynamo (1.5 s measured), and a sweep
+            # whose views are all in the store never calls this
+            from torchvision import transforms
+
+            bicubic = transforms.InterpolationMode.BICUBIC
+            ops.extend(
+                [
+                    transforms.RandomResizedCrop(224, scale=(0.5, 1.0), interpolation=bicubic),
+                    transforms.RandomHorizontalFlip(0.5),
+                ]
+            )
+        crop, flip = ops
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((int(sha256[:12], 16) + 7919 * view + 104_729 * seed) % (2**63))
             return flip(crop(image))

@@ -19,6 +19,8 @@ app = command_group(help="Few-shot classification with adaptive feature caches."
 METHOD_NAMES = ("auto", "cache", "cache-train", "gda", "linear", "zero-shot")
 #: workflows.fewshot_eval.SWEEP_VIEWS, likewise: the demo's views per support image
 SWEEP_VIEWS = 2
+#: where ``fewshot eval`` remembers fitted runs (workflows/sweep_memo.py), inside the feature store's directory
+SWEEP_MEMO_DIR = "sweep-runs"
 
 ExpertsOpt = Annotated[
     str,
@@ -95,6 +97,13 @@ def eval_cmd(
     ),
     split_file: SplitFile = None,
     descriptions: DescriptionsOpt = None,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit",
+            help="fit every run again, even those remembered from an earlier sweep on the same features and code",
+        ),
+    ] = False,
 ) -> None:
     """Accuracy vs shots for each method next to the centroid and logistic-regression baselines, with an
     HTML/PNG report and one line saying which method wins and by how much."""
@@ -104,6 +113,7 @@ def eval_cmd(
     from cache.store import DirectoryStore
     from workflows.fewshot_eval import BASELINES, run_sweep
     from workflows.report import write_fewshot_report
+    from workflows.sweep_memo import SweepMemo
 
     settings = settings_of(ctx)
     splits = _splits(data, split_file)  # a wrong path fails before any model loads
@@ -123,6 +133,7 @@ def eval_cmd(
         epochs=epochs,
         prompts=_prompts(descriptions),
         progress=True,
+        memo=SweepMemo(settings.store_dir / SWEEP_MEMO_DIR, refit=refit),
     )
     page = write_fewshot_report(result, report, dataset=data.name)
     table = Table("method", *[f"{s}-shot" for s in shot_list], title="test accuracy, mean ± std over seeds")
@@ -132,6 +143,11 @@ def eval_cmd(
         table.add_row(markup(name), *cells)
     Console().print(table)
     Console().print(markup(result.verdict()))
+    if result.setup.get("remembered_runs"):
+        console.print(
+            f"{result.setup['remembered_runs']} of {len(result.rows)} runs remembered from an earlier sweep on the "
+            "same features and code (--refit fits them again)"
+        )
     console.print(f"report: {markup(page)}")
 
 
