@@ -153,6 +153,8 @@ def test_fewshot_eval_says_how_many_runs_it_remembered(dataset, tmp_path, monkey
     assert again.exit_code == 0 and "8 of 8 runs remembered from an earlier sweep" in again.output, again.output
     table = [line for line in first.output.splitlines() if "%" in line and "runs:" not in line]
     assert table and all(line in again.output for line in table)  # the same accuracies, fitted or remembered
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "8 run result(s) were read back from an earlier sweep" in page
     refit = CliRunner().invoke(app, [*args, "--refit"])
     assert refit.exit_code == 0 and "remembered" not in refit.output, refit.output
     assert (tmp_path / "store" / "sweep-runs").is_dir()

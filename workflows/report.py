@@ -146,10 +146,17 @@ def _setup_line(setup: dict) -> str:
     views = setup.get("augment_views", 1)
     keys = "plain features" if views == 1 else f"the mean of {views} views (the image and {views - 1} augmented)"
     augmented = f", plus {views - 1} augmented view(s) of its {setup.get('support_images', '?')} support images"
+    remembered = setup.get("remembered_runs")
     return (
         f" Cache keys: {keys} per support image. {len(setup.get('seeds', []))} seed(s) per shot count."
         f" Each of the sweep's {setup.get('images', '?')} images was encoded once for all runs"
         f"{augmented if views > 1 else ''}."
+        + (
+            f" {remembered} run result(s) were read back from an earlier sweep on the same features and code"
+            " (the sweep memo; fewshot eval --refit fits them again)."
+            if remembered
+            else ""
+        )
     )
 
 
