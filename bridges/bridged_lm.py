@@ -311,6 +311,24 @@ class BridgedLM:
         return torch.nn.functional.cross_entropy(head(soft).float(), torch.tensor(first, device=soft.device))
 
     @torch.no_grad()
+    def read_out(self, features: torch.Tensor | Sequence[torch.Tensor], prompts: Sequence[str]) -> list[int]:
+        """The token each row's last soft token reads as through the LM's output head (its argmax): what
+        :meth:`answer_token_loss` trains, measured without running the LM. A bridge trained on that loss
+        alone (stage 1) can be judged by it before the LM has ever read a soft token."""
+        head = self.lm.get_output_embeddings() if hasattr(self.lm, "get_output_embeddings") else None
+        was_training = self.bridge.training
+        self.bridge.eval()
+        try:
+            inputs = self.build_inputs(features, prompts)
+        finally:
+            self.bridge.train(was_training)
+        if head is None or not inputs.num_soft_tokens:
+            raise ConfigError("a read-out needs an LM with an output head and a bridge with soft tokens")
+        last = inputs.num_soft_tokens - 1
+        soft = torch.stack([inputs.inputs_embeds[i, p + last] for i, p in enumerate(inputs.image_positions)])
+        return head(soft).argmax(-1).tolist()
+
+    @torch.no_grad()
     def generate(
         self,
         features: torch.Tensor | Sequence[torch.Tensor],

@@ -262,7 +262,7 @@ def train_bridge(
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], Any] = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     answer_token_weight: float = 0.0,
     lm_weight: float = 1.0,
@@ -318,10 +318,13 @@ def train_bridge(
                 result.epochs_completed = start_epoch
 
     bar = None
-    if progress:
+    total, initial = steps_per_epoch * epochs, steps_per_epoch * start_epoch
+    if callable(progress):  # a factory (total, initial) -> bar with update(n), set_postfix(**values), close()
+        bar = progress(total, initial)
+    elif progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps_per_epoch * epochs, initial=steps_per_epoch * start_epoch, desc="bridge")
+        bar = tqdm(total=total, initial=initial, desc="bridge")
     try:
         for epoch in range(start_epoch, epochs):
             began = time.perf_counter()

@@ -7,7 +7,9 @@ MLP projector to 4 soft tokens, and greedy decoding that reproduces each trained
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import time
 
 import pytest
@@ -19,6 +21,7 @@ from bridges.lora import LoraSettings, lora_state
 from bridges.registry import create_bridge
 from bridges.training import evaluate, train_bridge
 from experts.errors import ConfigError
+from workflows.progress import Progress
 
 CAPTIONS = ["an ant", "a bee on a green leaf", "two ants", "a red flower", "a black ant on the ground"]
 SETTINGS = {"epochs": 4, "batch_size": 2, "lr": 5e-2, "warmup_steps": 2, "weight_decay": 0.01, "seed": 3}
@@ -207,8 +210,31 @@ def test_the_answer_token_loss_teaches_the_last_soft_token_to_read_as_the_answer
     train_bridge(with_it, pairs, answer_token_weight=1.0, **settings)
     train_bridge(without, pairs, **settings)
     assert first_words_read_off_the_last_soft_token(with_it) == wanted
+    assert with_it.read_out(feats, prompts) == wanted  # what `bridge eval --read-out` reads
     assert first_words_read_off_the_last_soft_token(without) != wanted
     one_epoch = {**SETTINGS, "epochs": 1}
     train_bridge(tiny_model("mlp"), pairs, checkpoint_dir=tmp_path, answer_token_weight=1.0, **one_epoch)
     with pytest.raises(ConfigError, match="different settings"):  # a resumed run keeps the weight it started with
         train_bridge(tiny_model("mlp"), pairs, checkpoint_dir=tmp_path, resume=True, **one_epoch)
+
+
+def test_training_progress_in_a_log_is_plain_lines_and_a_resumed_run_starts_at_its_step(tmp_path):
+    """``progress`` as a factory (what ``bridge train`` passes): lines, not a tqdm bar, when not on a terminal."""
+    out = io.StringIO()
+    made = []
+
+    def lines(total: int, initial: int) -> Progress:
+        made.append((total, initial))
+        return Progress("bridge", total, unit="steps", stream=out, tty=False, interval=0, initial=initial)
+
+    settings = {**SETTINGS, "epochs": 2}  # 5 pairs in batches of 2: 3 steps an epoch
+    train_bridge(tiny_model("mlp"), tiny_pairs(), progress=lines, **settings)
+    printed = out.getvalue().splitlines()
+    assert made == [(6, 0)] and printed[0] == "bridge: 0/6 steps 0 s" and len(printed) == 7
+    assert re.fullmatch(r"bridge: 6/6 steps \(epoch=2, loss=\d\.\d{4}\) \d+ s, done", printed[-1])
+
+    with pytest.raises(Interrupted):
+        train_bridge(tiny_model("mlp"), tiny_pairs(), checkpoint_dir=tmp_path, on_epoch=_interrupt_after(1),
+                     progress=lines, **settings)  # fmt: skip
+    train_bridge(tiny_model("mlp"), tiny_pairs(), checkpoint_dir=tmp_path, resume=True, progress=lines, **settings)
+    assert made[-1] == (6, 3) and out.getvalue().splitlines()[-4] == "bridge: 3/6 steps 0 s"

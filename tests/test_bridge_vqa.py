@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_bridges import FEAT_DIM, PROMPT, tiny_model
+from test_bridges import FEAT_DIM, PROMPT, features, tiny_model
 
 from bridges.bridged_lm import BridgedLM, pad_features
 from bridges.lm_loss import body_and_head
@@ -167,6 +167,30 @@ def test_vqa_report_has_kinds_confusion_examples_and_loss_curve(tmp_path):
     assert counts[labels.index("red")] == [0, 0, 0, 1]
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["correct"] == 2 and summary["seconds_per_answer"] == pytest.approx(0.1)
+
+
+def test_a_read_out_answers_with_the_one_answer_whose_first_token_the_soft_token_reads_as(monkeypatch):
+    """``bridge eval --read-out``: no LM run; the head's token on the last soft token, named by the answer it
+    starts. A token that starts two answers names neither (it stays the bare token, scored as it is)."""
+    from workflows.bridging import BridgeJob
+
+    model = tiny_model("mlp")
+    job = BridgeJob(None, model, prompt="<image> {question}", task="vqa")  # type: ignore[arg-type]
+    answers = ["ant", "red flower", "two ants", "bee"]
+    pairs = [VQAPair(f"{i}.png", "what is this ?", a) for i, a in enumerate(answers)]
+    vectors = list(features(len(pairs)))
+    monkeypatch.setattr(job, "features", lambda images: (vectors, {}))
+
+    def token(word: str) -> int:
+        return model.tokenizer(word, add_special_tokens=False).input_ids[0]
+
+    read = [token("ant"), token("red"), token("two"), token("green")]
+    seen = []
+    monkeypatch.setattr(model, "read_out", lambda feats, prompts: seen.append(prompts) or read)
+    assert job.answer(pairs, read_out=True) == ["ant", "red flower", "two ants", "green"]
+    assert seen == [["<image> what is this ?"] * 4]
+    assert job._answers_by_first_token({"red", "red flower", "bee"}) == {token("bee"): "bee"}
+    assert job.evaluate_vqa(pairs, read_out=True).score.correct == 3
 
 
 # ---------------------------------------------------------------------- real weights, end to end

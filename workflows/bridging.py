@@ -47,6 +47,7 @@ from bridges.training import TrainResult, evaluate, train_bridge
 from cache.store import FeatureStore
 from experts import ConfigError, Expert
 from experts.stored import check_stored_weights, expert_from_stored, stored_spec
+from workflows.progress import Progress
 from workflows.settings import Settings
 from workflows.store_runner import run_through_store
 from workflows.vqa import DEFAULT_VQA_PROMPT, VQAPair, VQAScore, score_answers
@@ -284,34 +285,45 @@ class BridgeJob:
         max_new_tokens: int = VQA_MAX_NEW_TOKENS,
         batch_size: int = 64,
         progress: bool = False,
+        read_out: bool = False,
     ) -> list[str | None]:
-        """Greedy short answers (stop at a newline or ``max_new_tokens``); ``None`` where the image is unreadable."""
+        """Greedy short answers (stop at a newline or ``max_new_tokens``); ``None`` where the image is unreadable.
+
+        ``read_out=True`` answers without running the LM: the last soft token through the LM's output head
+        (:meth:`~bridges.bridged_lm.BridgedLM.read_out`), taken as the answer among those of ``pairs`` whose
+        first token it is (the decoded token itself if it starts none, or more than one).
+        """
+        first_tokens = self._answers_by_first_token({p.answer for p in pairs}) if read_out else {}
         vectors, errors = self.features([p.image for p in pairs])
         self.dropped.update(errors)
         ok = [i for i, v in enumerate(vectors) if v is not None]
         answers: list[str | None] = [None] * len(pairs)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(ok), desc="answers", unit="q")
+        bar = Progress("answers", len(ok), unit="questions", enabled=progress)
         try:
             for start in range(0, len(ok), batch_size):
                 chunk = ok[start : start + batch_size]
-                texts = self.model.generate(
-                    [vectors[i] for i in chunk],
-                    [self.prompt_for(pairs[i].question) for i in chunk],
-                    max_new_tokens,
-                    stop=["\n"],
-                )
+                feats, prompts = [vectors[i] for i in chunk], [self.prompt_for(pairs[i].question) for i in chunk]
+                if read_out:
+                    ids = self.model.read_out(feats, prompts)
+                    texts = [first_tokens.get(t) or self.model.tokenizer.decode([t]) for t in ids]
+                else:
+                    texts = self.model.generate(feats, prompts, max_new_tokens, stop=["\n"])
                 for i, text in zip(chunk, texts):
                     answers[i] = text
-                if bar is not None:
-                    bar.update(len(chunk))
+                bar.advance(len(chunk))
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         return answers
+
+    def _answers_by_first_token(self, answers: set[str]) -> dict[int, str]:
+        """First token id → the one answer it starts (the answer the training target's first token names);
+        a token that starts two answers names neither."""
+        by_token: dict[int, list[str]] = {}
+        for answer in sorted(answers):
+            ids = self.model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            if ids:
+                by_token.setdefault(ids[0], []).append(answer)
+        return {t: names[0] for t, names in by_token.items() if len(names) == 1}
 
     def evaluate_vqa(self, pairs: Sequence[VQAPair], **options: Any) -> VQAEval:
         """Answer ``pairs`` and score them (an unreadable image counts as a wrong, empty answer)."""

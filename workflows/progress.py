@@ -40,12 +40,14 @@ class Progress:
         tty: bool | None = None,
         enabled: bool = True,
         note: str = "",
+        initial: int = 0,
     ) -> None:
         """``interval``: seconds between plain lines; ``tty``: force bar (True) or lines (False);
-        ``enabled=False``: count silently (callers need no ``if`` around progress); ``note``: shown beside the count."""
+        ``enabled=False``: count silently (callers need no ``if`` around progress); ``note``: shown beside the count;
+        ``initial``: units already done (a resumed run)."""
         self.label, self.total, self.unit, self.interval = label, total, unit, interval
         self.stream = stream if stream is not None else sys.stderr
-        self.done = 0
+        self.done = initial
         self.note = note
         self._start = self._last = time.monotonic()
         is_tty = tty if tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
@@ -55,7 +57,7 @@ class Progress:
         elif is_tty:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=label, unit=unit.rstrip("s") or unit, file=self.stream)
+            self._bar = tqdm(total=total, initial=initial, desc=label, unit=unit.rstrip("s") or unit, file=self.stream)
             if note:
                 self._bar.set_postfix_str(note)
         else:
@@ -72,6 +74,16 @@ class Progress:
             self._bar.update(n)
         elif self._last is not None and time.monotonic() - self._last >= self.interval and self.done < self.total:
             self._line()
+
+    # tqdm's names for the same two calls: code that may not import this module (bridges/) is handed a
+    # Progress or a tqdm bar and uses only these
+    def update(self, n: int = 1) -> None:
+        self.advance(n)
+
+    def set_postfix(self, **values) -> None:
+        self.note = ", ".join(f"{k}={v}" for k, v in values.items())
+        if self._bar is not None:
+            self._bar.set_postfix_str(self.note, refresh=False)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -254,6 +254,6 @@ def feature_matrix(results: Sequence[ItemResult]) -> tuple[np.ndarray, np.ndarra
 
 
 def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
+    from workflows.progress import Progress  # a bar on a terminal, plain lines in a log
 
-    return tqdm(total=total, desc=desc, unit="img")
+    return Progress(desc, total, unit="images")

@@ -146,6 +146,7 @@ def train_cmd(
     from cache.store import DirectoryStore
     from experts import create_expert
     from workflows.bridging import BridgeJob
+    from workflows.progress import Progress
 
     settings = settings_of(ctx)
     if lora_rank < 0:
@@ -214,7 +215,8 @@ def train_cmd(
         seed=seed,
         checkpoint_dir=out / "checkpoints",
         resume=resume,
-        progress=True,
+        # a bar on a terminal, a plain line every few seconds in a log (workflows/progress.py)
+        progress=lambda total, initial: Progress("bridge", total, unit="steps", initial=initial),
     )
     seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
     job.save(out)
@@ -283,6 +285,14 @@ def eval_cmd(
     ] = 4,
     batch_size: int = 64,
     seed: Annotated[int, typer.Option(help="seed of an easy-vqa:SPLIT:N sample")] = 0,
+    read_out: Annotated[
+        bool,
+        typer.Option(
+            "--read-out",
+            help="VQA: answer with the last soft token read through the LM's output head, without running the "
+            "LM (judges a bridge trained with --lm-weight 0)",
+        ),
+    ] = False,
 ) -> None:
     """Caption bridges: mean caption loss. VQA bridges: exact-match accuracy overall and per question kind."""
     from cache.store import DirectoryStore
@@ -296,7 +306,9 @@ def eval_cmd(
     if task == "caption":
         typer.echo(f"caption loss {job.eval_loss(data):.4f}")
         return
-    evaluation = job.evaluate_vqa(data, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True)
+    evaluation = job.evaluate_vqa(
+        data, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True, read_out=read_out
+    )
     score = evaluation.score
     table = Table("kind", "correct", "total", "accuracy")
     for k, (c, t) in sorted(score.per_kind.items()):
@@ -309,12 +321,14 @@ def eval_cmd(
         history_file = model / "history.json"
         history = json.loads(history_file.read_text()) if history_file.is_file() else []
         setup = {"bridge": markup(model), "questions": pairs, "max_new_tokens": max_new_tokens}
+        if read_out:
+            setup["answers"] = "read out of the last soft token through the LM's head (the LM did not run)"
         page = write_vqa_report(
             report, evaluation, history=history, title=f"Bridge {model.name} on {pairs}", setup=setup
         )
         console.print(f"report: {markup(page)}")
     typer.echo(
-        f"exact match {score.accuracy:.4f} ({score.correct}/{score.total}), "
+        f"{'read-out ' if read_out else ''}exact match {score.accuracy:.4f} ({score.correct}/{score.total}), "
         f"{evaluation.seconds_per_answer:.4f} s/answer"
     )
 
