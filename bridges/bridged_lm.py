@@ -305,10 +305,26 @@ class BridgedLM:
         head = self.lm.get_output_embeddings() if hasattr(self.lm, "get_output_embeddings") else None
         if head is None or not inputs.num_soft_tokens:
             raise ConfigError("the answer-token loss needs an LM with an output head and a bridge with soft tokens")
-        last = inputs.num_soft_tokens - 1
-        soft = torch.stack([inputs.inputs_embeds[i, p + last] for i, p in enumerate(inputs.image_positions)])
+        soft = self._last_soft_tokens(inputs)
         first = [(self._ids(t) or [self.tokenizer.eos_token_id])[0] for t in targets]
         return torch.nn.functional.cross_entropy(head(soft).float(), torch.tensor(first, device=soft.device))
+
+    def _inference_inputs(
+        self, features: torch.Tensor | Sequence[torch.Tensor], prompts: Sequence[str]
+    ) -> BridgeInputs:
+        """:meth:`build_inputs` with the bridge in eval mode (no dropout), its mode restored after."""
+        was_training = self.bridge.training
+        self.bridge.eval()
+        try:
+            return self.build_inputs(features, prompts)
+        finally:
+            self.bridge.train(was_training)
+
+    @staticmethod
+    def _last_soft_tokens(inputs: BridgeInputs) -> torch.Tensor:
+        """``(B, D)``: each row's last soft token, where an answer computed from image and question is read."""
+        last = inputs.num_soft_tokens - 1
+        return torch.stack([inputs.inputs_embeds[i, p + last] for i, p in enumerate(inputs.image_positions)])
 
     @torch.no_grad()
     def read_out(self, features: torch.Tensor | Sequence[torch.Tensor], prompts: Sequence[str]) -> list[int]:
@@ -316,17 +332,10 @@ class BridgedLM:
         :meth:`answer_token_loss` trains, measured without running the LM. A bridge trained on that loss
         alone (stage 1) can be judged by it before the LM has ever read a soft token."""
         head = self.lm.get_output_embeddings() if hasattr(self.lm, "get_output_embeddings") else None
-        was_training = self.bridge.training
-        self.bridge.eval()
-        try:
-            inputs = self.build_inputs(features, prompts)
-        finally:
-            self.bridge.train(was_training)
+        inputs = self._inference_inputs(features, prompts)
         if head is None or not inputs.num_soft_tokens:
             raise ConfigError("a read-out needs an LM with an output head and a bridge with soft tokens")
-        last = inputs.num_soft_tokens - 1
-        soft = torch.stack([inputs.inputs_embeds[i, p + last] for i, p in enumerate(inputs.image_positions)])
-        return head(soft).argmax(-1).tolist()
+        return head(self._last_soft_tokens(inputs)).argmax(-1).tolist()
 
     @torch.no_grad()
     def generate(
@@ -343,12 +352,7 @@ class BridgedLM:
         ``stop``: strings that end an answer (e.g. ``["\n"]`` for one-line answers); the text is cut
         at the first one, and a stop string that is a single token also ends decoding there.
         """
-        was_training = self.bridge.training
-        self.bridge.eval()
-        try:
-            inputs = self.build_inputs(features, prompts)
-        finally:
-            self.bridge.train(was_training)
+        inputs = self._inference_inputs(features, prompts)
         gen_kwargs.setdefault("do_sample", False)
         gen_kwargs.setdefault("pad_token_id", self.pad_token_id)
         stop_ids = [ids[0] for ids in (self._ids(text) for text in stop) if len(ids) == 1]
