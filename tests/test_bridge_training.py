@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import time
 
@@ -238,3 +239,17 @@ def test_training_progress_in_a_log_is_plain_lines_and_a_resumed_run_starts_at_i
                      progress=lines, **settings)  # fmt: skip
     train_bridge(tiny_model("mlp"), tiny_pairs(), checkpoint_dir=tmp_path, resume=True, progress=lines, **settings)
     assert made[-1] == (6, 3) and out.getvalue().splitlines()[-4] == "bridge: 3/6 steps 0 s"
+
+
+@pytest.mark.parametrize(("tty", "disabled"), [(False, "1"), (True, None)])
+def test_libraries_tqdm_bars_are_turned_off_only_when_the_output_is_a_log(monkeypatch, tty, disabled):
+    """transformers' GGUF conversion draws its own tqdm bar; in a log file it is one line of carriage returns."""
+    from workflows.progress import quiet_library_bars
+
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    quiet_library_bars(Stream())
+    assert os.environ.get("TQDM_DISABLE") == disabled

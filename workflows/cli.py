@@ -29,6 +29,7 @@ from workflows.commands import bridge as bridge_commands  # noqa: E402
 from workflows.commands import fewshot as fewshot_commands  # noqa: E402
 from workflows.commands.ask import ask_cmd  # noqa: E402
 from workflows.commands.root import command_group, configure_logging, console, finish, settings_of  # noqa: E402
+from workflows.progress import quiet_library_bars  # noqa: E402
 from workflows.rendering import markup  # noqa: E402
 from workflows.settings import ENV_FILE_VAR, Settings  # noqa: E402
 
@@ -60,6 +61,7 @@ def root(
     named by --env-file / EXPERTBRIDGE_ENV_FILE (else ~/.config/expertbridge/.env; never the working dir's).
     """
     configure_logging(verbose=verbose, quiet=quiet)
+    quiet_library_bars()  # in a log, libraries' tqdm bars are one endless line; ours print plain lines
     # Both travel as environment variables, so every Settings() of this process and of the
     # workers it starts sees them; a .env file may not grant trust (workflows/settings.py).
     if env_file is not None:

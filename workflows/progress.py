@@ -21,9 +21,22 @@ runs: 2/2 fits (cache 1-shot), done
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
+
+
+def quiet_library_bars(stream: TextIO | None = None) -> None:
+    """If ``stream`` (default stderr) is not a terminal, turn off the tqdm bars libraries draw on their own
+    (transformers' GGUF conversion, downloads): in a log each is one ever-growing line of carriage returns.
+
+    tqdm reads ``TQDM_DISABLE`` when it is first imported, so this must run before anything imports it; the
+    CLI's root callback does. :class:`Progress` prints plain lines there instead, without tqdm.
+    """
+    stream = stream if stream is not None else sys.stderr
+    if not getattr(stream, "isatty", lambda: False)():
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 class Progress:
