@@ -236,22 +236,26 @@ def run_sweep(
             views, labels = bank.support(support)
             val_feats, val_labels, _ = bank.split(val)
             test_feats, test_labels, test_failed = bank.split(test)
-            key = _run_key(
-                memo,
-                result.setup,
-                k,
-                seed,
-                support.classnames,
-                views,
-                labels,
-                val_feats,
-                val_labels,
-                test_feats,
-                test_labels,
-                test_failed,
-                epochs=epochs,
-                prompts=prompts,
+            # the memo's key: everything this run's fits and scores read, settings (the experts with their
+            # weights, CLIP included) and every array by name
+            settings = {
+                "shots": k,
+                "seed": seed,
+                "experts": result.setup["experts"],
+                "epochs": epochs,
+                "classnames": list(support.classnames),
+                "test_failed": test_failed,
+                "prompts": prompts,
+            }
+            arrays = _named(
+                labels=labels,
+                val_labels=val_labels,
+                test_labels=test_labels,
+                views=views,
+                val=val_feats,
+                test=test_feats,
             )
+            key = memo.run_key(settings, arrays) if memo is not None else ""
             auto: FewShotClassifier | None = None
             for method in methods:
                 entry = memo.get(key, method) if memo is not None else None
@@ -313,37 +317,15 @@ def run_sweep(
     return result
 
 
-def _run_key(
-    memo: SweepMemo | None,
-    setup: Mapping,
-    shots: int,
-    seed: int,
-    classnames: Sequence[str],
-    views: Mapping[str, torch.Tensor],
-    labels: torch.Tensor,
-    val_feats: Mapping[str, torch.Tensor],
-    val_labels: torch.Tensor,
-    test_feats: Mapping[str, torch.Tensor],
-    test_labels: torch.Tensor,
-    test_failed: int,
-    **options,
-) -> str:
-    """The memo's key of one (shots, seed) run: its settings and every array its fits and scores read."""
-    if memo is None:
-        return ""
-    settings = {
-        "shots": shots,
-        "seed": seed,
-        "experts": setup["experts"],  # names, architectures and weights, CLIP included
-        "branches": list(views),
-        "classnames": list(classnames),
-        "test_failed": test_failed,
-        **options,
-    }
-    arrays: dict[str, torch.Tensor] = {"labels": labels, "val_labels": val_labels, "test_labels": test_labels}
-    for prefix, feats in (("views", views), ("val", val_feats), ("test", test_feats)):
-        arrays.update({f"{prefix}/{n}": f for n, f in feats.items()})
-    return memo.run_key(settings, arrays)
+def _named(**groups: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One flat name → tensor map: a tensor keeps its name, a branch mapping becomes ``group/branch``."""
+    named: dict[str, torch.Tensor] = {}
+    for group, value in groups.items():
+        if isinstance(value, torch.Tensor):
+            named[group] = value
+        else:
+            named.update({f"{group}/{branch}": f for branch, f in value.items()})
+    return named
 
 
 def kept_all(clf: FewShotClassifier) -> bool:
