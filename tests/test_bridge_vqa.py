@@ -268,3 +268,14 @@ def test_bridge_options_for_another_kind_are_a_usage_error(tmp_path, monkeypatch
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "b").exists()  # nothing trained, nothing written
+
+
+def test_read_out_on_caption_pairs_is_a_usage_error_before_any_model_loads(tmp_path):
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"image": str(tmp_path / "a.png"), "text": "an ant"}) + "\n")
+    res = CliRunner().invoke(app, ["bridge", "eval", str(tmp_path / "no-bridge"), str(captions), "--read-out"])
+    assert res.exit_code == 2 and "--read-out scores VQA answers" in res.output, res.output

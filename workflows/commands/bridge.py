@@ -300,6 +300,8 @@ def eval_cmd(
 
     settings = settings_of(ctx)
     task, data = _read_source(pairs, seed=seed)
+    if read_out and task != "vqa":
+        raise ConfigError(f"--read-out scores VQA answers; {pairs} holds {task} pairs")
     job = BridgeJob.load(model, store=DirectoryStore(settings.store_dir), settings=settings)
     if job.task != task:
         raise ConfigError(f"{model} is a {job.task} bridge but {pairs} holds {task} pairs")
